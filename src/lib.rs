@@ -1,14 +1,62 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # actix-mongo-lock
+//!
+//! A distributed lock manager for [actix](https://actix.rs) applications, backed by MongoDB.
+//! Many processes, each running a [`LockManager`] actor, coordinate through one MongoDB
+//! collection: a resource is held by at most one of them at a time, every hold has a lease
+//! (30 s by default) and a fencing token, and a child [`Purger`] clears expired holds.
+//!
+//! It grows from ONS dp-mongodb's `dplock` (over square/mongo-lock), keeping its semantics,
+//! defaults and document schema, so Go and Rust services can contend for the same resources.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use actix_mongo_lock::{Acquire, Close, Lock, LockConfig, LockError, LockManager, Unlock};
+//!
+//! #[actix_rt::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let uri = std::env::var("MONGODB_URI")?;
+//!     let manager = LockManager::connect(&uri, LockConfig::new("invoices")).await?;
+//!
+//!     // Wait (up to 2.5 s by default) until the resource is free.
+//!     let grant = manager.send(Acquire::new("invoice-42")).await??;
+//!
+//!     // One try: someone else holds it now.
+//!     let refused = manager.send(Lock::new("invoice-42")).await?;
+//!     assert!(matches!(refused, Err(LockError::AlreadyLocked { .. })));
+//!
+//!     manager.send(Unlock::new(grant.lock_id)).await??;
+//!     manager.send(Close).await?; // answers every message in flight, then stops the purger
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Every message answers `Result<_, LockError>`; the outer `Result` of `send` is actix's
+//! mailbox error. See `docs/guide.md` for configuration, errors and shutdown.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#![warn(missing_docs)]
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+mod clock;
+mod config;
+mod drain;
+mod error;
+mod local;
+mod manager;
+mod messages;
+mod purger;
+mod reply;
+mod store;
+
+pub use clock::LocalClock;
+pub use config::{
+    LockConfig, DEFAULT_ACQUIRE_MAX_RETRIES, DEFAULT_ACQUIRE_PERIOD, DEFAULT_PURGER_PERIOD,
+    DEFAULT_TTL, DEFAULT_UNLOCK_MAX_RETRIES, DEFAULT_UNLOCK_PERIOD,
+};
+pub use error::LockError;
+pub use manager::LockManager;
+pub use messages::{
+    Acquire, Close, Lock, LockGrant, LockId, Polling, ResourceId, Unlock, UnlockOutcome,
+    MAX_RESOURCE_ID_LEN,
+};
+pub use purger::Purger;
+pub use reply::Reply;

@@ -1,0 +1,156 @@
+//! `lock-contender`: workers in one process contending for a few resources through one
+//! `LockManager`, printing every hold they saw as a line a checker can read.
+//!
+//! The multi-process tests and the soak start several of these against one server and check,
+//! from all their lines together, that no two holds of a resource overlapped and that fences
+//! rose in grant order. Each line:
+//!
+//! ```text
+//! HOLD <process> <resource> <fence> <requested_ms> <granted_ms> <lease_expires_ms> <release_sent_ms> <released_ms> <released|notheld|error>
+//! ```
+//!
+//! with times in Unix milliseconds; the last line is `DONE <process> <grants> <refusals>`.
+//!
+//! ```text
+//! lock-contender --name soak --process p1 --workers 8 --resources 4 --seconds 10 [--ttl-ms 2000] [--hold-ms 5]
+//! ```
+//! The server is `MONGODB_URI`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_mongo_lock::{Acquire, Close, LockConfig, LockError, LockManager, Unlock, UnlockOutcome};
+
+struct Args {
+    name: String,
+    process: String,
+    workers: usize,
+    resources: usize,
+    seconds: u64,
+    ttl_ms: u64,
+    hold_ms: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        name: "contender".to_owned(),
+        process: format!("pid{}", std::process::id()),
+        workers: 4,
+        resources: 1,
+        seconds: 3,
+        ttl_ms: 2000,
+        hold_ms: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
+        match flag.as_str() {
+            "--name" => args.name = value.clone(),
+            "--process" => args.process = value.clone(),
+            "--workers" => args.workers = number()? as usize,
+            "--resources" => args.resources = number()? as usize,
+            "--seconds" => args.seconds = number()?,
+            "--ttl-ms" => args.ttl_ms = number()?,
+            "--hold-ms" => args.hold_ms = number()?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(args)
+}
+
+fn unix_ms(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+#[actix_rt::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("lock-contender: {e}");
+            std::process::exit(2);
+        }
+    };
+    let Ok(uri) = std::env::var("MONGODB_URI") else {
+        eprintln!("lock-contender: MONGODB_URI is not set");
+        std::process::exit(2);
+    };
+    let config = LockConfig::new(&args.name)
+        .database("actix_mongo_lock_tests")
+        .owner(&args.process)
+        .ttl(Duration::from_millis(args.ttl_ms));
+    let manager = match LockManager::connect(&uri, config).await {
+        Ok(manager) => manager,
+        Err(e) => {
+            eprintln!("lock-contender: cannot start a manager: {e}");
+            std::process::exit(1);
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let grants = Rc::new(Cell::new(0u64));
+    let refusals = Rc::new(Cell::new(0u64));
+    let mut workers = Vec::new();
+    for worker in 0..args.workers {
+        let manager = manager.clone();
+        let process = args.process.clone();
+        let (grants, refusals) = (Rc::clone(&grants), Rc::clone(&refusals));
+        let (resources, hold, ttl) = (
+            args.resources,
+            Duration::from_millis(args.hold_ms),
+            Duration::from_millis(args.ttl_ms),
+        );
+        workers.push(actix_rt::spawn(async move {
+            let mut turn = worker;
+            while Instant::now() < deadline {
+                let resource = format!("r{}", turn % resources);
+                turn += 1;
+                let requested = SystemTime::now();
+                let grant = match manager.send(Acquire::new(&resource)).await {
+                    Ok(Ok(grant)) => grant,
+                    Ok(Err(LockError::AcquireMaxRetries { .. })) => {
+                        refusals.set(refusals.get() + 1);
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("lock-contender: acquire failed: {e}");
+                        continue;
+                    }
+                    Err(e) => {
+                        eprintln!("lock-contender: manager gone: {e}");
+                        return;
+                    }
+                };
+                let granted = SystemTime::now();
+                grants.set(grants.get() + 1);
+                actix_rt::time::sleep(hold).await;
+                let release_sent = SystemTime::now();
+                let outcome = match manager.send(Unlock::new(grant.lock_id)).await {
+                    Ok(Ok(UnlockOutcome::Released)) => "released",
+                    Ok(Ok(UnlockOutcome::NotHeld)) => "notheld",
+                    _ => "error",
+                };
+                let released = SystemTime::now();
+                println!(
+                    "HOLD {process} {resource} {} {} {} {} {} {} {outcome}",
+                    grant.fence,
+                    unix_ms(requested),
+                    unix_ms(granted),
+                    unix_ms(requested + ttl),
+                    unix_ms(release_sent),
+                    unix_ms(released),
+                );
+            }
+        }));
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let _ = manager.send(Close).await;
+    println!("DONE {} {} {}", args.process, grants.get(), refusals.get());
+}

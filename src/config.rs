@@ -1,0 +1,234 @@
+//! `LockConfig`: every tunable of a [`LockManager`](crate::LockManager) in one place.
+//!
+//! The defaults are the seed's (ONS dp-mongodb `dplock`): a 30 s lease, a purge every 5 minutes,
+//! Acquire retrying every 250 ms up to 10 times, Unlock retrying every 5 ms up to 100 times. Each
+//! field says what it trades off, so a change is a decision rather than a guess.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::clock::LocalClock;
+use crate::error::LockError;
+
+/// The seed's `TTL`: the lease of every grant.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// The seed's `PurgerPeriod`: time between purges of expired holds.
+pub const DEFAULT_PURGER_PERIOD: Duration = Duration::from_secs(5 * 60);
+/// The seed's `AcquirePeriod`: pause between Acquire attempts.
+pub const DEFAULT_ACQUIRE_PERIOD: Duration = Duration::from_millis(250);
+/// The seed's `AcquireMaxRetries`: Acquire attempts after the first.
+pub const DEFAULT_ACQUIRE_MAX_RETRIES: u32 = 10;
+/// The seed's `UnlockPeriod`: pause between Unlock retries.
+pub const DEFAULT_UNLOCK_PERIOD: Duration = Duration::from_millis(5);
+/// The seed's `UnlockMaxRetries`: Unlock retries after the first attempt.
+pub const DEFAULT_UNLOCK_MAX_RETRIES: u32 = 100;
+
+/// The longest lock family name: it becomes part of a collection name.
+const MAX_NAME_LEN: usize = 64;
+
+/// Configuration of one [`LockManager`](crate::LockManager).
+///
+/// ```
+/// use std::time::Duration;
+/// use actix_mongo_lock::LockConfig;
+///
+/// let config = LockConfig::new("orders")
+///     .database("billing")
+///     .ttl(Duration::from_secs(10))
+///     .owner("invoice-worker");
+/// assert_eq!(config.collection_name(), "orders_locks");
+/// assert_eq!(config.acquire_max_retries, 10);
+/// ```
+#[derive(Clone)]
+pub struct LockConfig {
+    /// The lock family. The collection is `<name>_locks` and every stored resource is
+    /// `<name>-<resource_id>`, as in dplock. Managers that must exclude each other share it.
+    pub name: String,
+    /// Database holding the lock collection. Default `"locks"`.
+    pub database: String,
+    /// Lease of every grant. Default 30 s. Shorter frees the locks of a crashed holder sooner;
+    /// longer tolerates longer pauses of a live holder (GC, network) before it loses its lock.
+    pub ttl: Duration,
+    /// Time between purges of expired holds by the [`Purger`](crate::Purger). Default 5 min.
+    /// Expired holds are taken over by the next grant anyway; purging keeps the collection tidy
+    /// and `Status` honest.
+    pub purger_period: Duration,
+    /// Pause between Acquire attempts. Default 250 ms. Shorter answers sooner, costs more
+    /// database requests while waiting.
+    pub acquire_period: Duration,
+    /// Acquire attempts after the first before `AcquireMaxRetries`. Default 10, so Acquire
+    /// waits about `acquire_period * acquire_max_retries` = 2.5 s by default.
+    pub acquire_max_retries: u32,
+    /// Pause between Unlock retries after a database error. Default 5 ms.
+    pub unlock_period: Duration,
+    /// Unlock retries after the first attempt before `UnlockMaxRetries`. Default 100. The hold
+    /// then lives until its lease ends.
+    pub unlock_max_retries: u32,
+    /// Who holds, stored with every grant (square/mongo-lock's `owner`). Default: the process
+    /// name and id.
+    pub owner: String,
+    /// Where the holder runs, stored with every grant. Default: the machine's hostname.
+    pub host: String,
+    /// The local clock. Default [`std::time::SystemTime::now`]. Leases are computed on the server's clock:
+    /// the manager measures the offset between this clock and the server's, so a skewed local
+    /// clock neither steals a live lock nor keeps a dead one. Replaceable so tests can skew it.
+    pub clock: LocalClock,
+}
+
+impl LockConfig {
+    /// A configuration with the seed's defaults for the lock family `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        LockConfig {
+            name: name.into(),
+            database: "locks".to_owned(),
+            ttl: DEFAULT_TTL,
+            purger_period: DEFAULT_PURGER_PERIOD,
+            acquire_period: DEFAULT_ACQUIRE_PERIOD,
+            acquire_max_retries: DEFAULT_ACQUIRE_MAX_RETRIES,
+            unlock_period: DEFAULT_UNLOCK_PERIOD,
+            unlock_max_retries: DEFAULT_UNLOCK_MAX_RETRIES,
+            owner: default_owner(),
+            host: default_host(),
+            clock: LocalClock::system(),
+        }
+    }
+
+    /// Sets [`database`](Self::database).
+    pub fn database(mut self, database: impl Into<String>) -> Self {
+        self.database = database.into();
+        self
+    }
+
+    /// Sets [`ttl`](Self::ttl).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets [`purger_period`](Self::purger_period).
+    pub fn purger_period(mut self, period: Duration) -> Self {
+        self.purger_period = period;
+        self
+    }
+
+    /// Sets [`acquire_period`](Self::acquire_period) and
+    /// [`acquire_max_retries`](Self::acquire_max_retries).
+    pub fn acquire_retries(mut self, period: Duration, max_retries: u32) -> Self {
+        self.acquire_period = period;
+        self.acquire_max_retries = max_retries;
+        self
+    }
+
+    /// Sets [`unlock_period`](Self::unlock_period) and
+    /// [`unlock_max_retries`](Self::unlock_max_retries).
+    pub fn unlock_retries(mut self, period: Duration, max_retries: u32) -> Self {
+        self.unlock_period = period;
+        self.unlock_max_retries = max_retries;
+        self
+    }
+
+    /// Sets [`owner`](Self::owner).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Sets [`host`](Self::host).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// Sets [`clock`](Self::clock).
+    pub fn clock(mut self, clock: LocalClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The collection the locks live in: `<name>_locks`.
+    pub fn collection_name(&self) -> String {
+        format!("{}_locks", self.name)
+    }
+
+    /// The acquire wait budget the seed implies: `acquire_period * acquire_max_retries`.
+    pub fn acquire_budget(&self) -> Duration {
+        self.acquire_period.saturating_mul(self.acquire_max_retries)
+    }
+
+    /// Checks the configuration; [`LockManager::start`](crate::LockManager::start) calls it.
+    pub fn validate(&self) -> Result<(), LockError> {
+        let invalid = |reason: String| Err(LockError::InvalidConfig { reason });
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
+            return invalid(format!(
+                "name must be 1 to {MAX_NAME_LEN} bytes, got {}",
+                self.name.len()
+            ));
+        }
+        if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return invalid(format!(
+                "name {:?} may hold only ASCII letters, digits, '_' and '-'",
+                self.name
+            ));
+        }
+        if self.database.is_empty()
+            || self
+                .database
+                .chars()
+                .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
+        {
+            return invalid(format!("database {:?} is not a valid name", self.database));
+        }
+        if self.ttl < Duration::from_millis(10) {
+            return invalid(format!("ttl must be at least 10 ms, got {:?}", self.ttl));
+        }
+        if self.purger_period.is_zero() {
+            return invalid("purger_period must not be zero".to_owned());
+        }
+        if self.acquire_period.is_zero() {
+            return invalid("acquire_period must not be zero".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LockConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockConfig")
+            .field("name", &self.name)
+            .field("database", &self.database)
+            .field("ttl", &self.ttl)
+            .field("purger_period", &self.purger_period)
+            .field("acquire_period", &self.acquire_period)
+            .field("acquire_max_retries", &self.acquire_max_retries)
+            .field("unlock_period", &self.unlock_period)
+            .field("unlock_max_retries", &self.unlock_max_retries)
+            .field("owner", &self.owner)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_owner() -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "actix-mongo-lock".to_owned());
+    format!("{exe}:{}", std::process::id())
+}
+
+fn default_host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
+}

@@ -1,0 +1,174 @@
+//! What this manager knows without asking the database: the holds it granted and who in this
+//! process waits for what.
+//!
+//! This is what makes hand-off fast. A waiter whose resource is held by this very manager does
+//! not poll the database: it waits for the Unlock that comes through here (or for the lease to
+//! run out). Local waiters queue per resource in arrival order, and only the head of a queue
+//! ever probes the database, so however many callers wait on one resource, the manager sends at
+//! most one probe for it at a time, and nobody is overtaken.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+
+use crate::messages::{LockGrant, LockId, ResourceId};
+
+/// Holds granted through this manager and not yet released through it.
+#[derive(Debug, Default)]
+pub(crate) struct LocalHolds {
+    by_lock: RefCell<HashMap<LockId, LocalHold>>,
+    by_resource: RefCell<HashMap<ResourceId, LockId>>,
+}
+
+/// One hold granted through this manager.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalHold {
+    pub(crate) resource_id: ResourceId,
+    pub(crate) expires_at: SystemTime,
+}
+
+impl LocalHolds {
+    pub(crate) fn insert(&self, grant: &LockGrant) {
+        let hold = LocalHold {
+            resource_id: grant.resource_id.clone(),
+            expires_at: grant.expires_at,
+        };
+        if let Some(previous) = self
+            .by_resource
+            .borrow_mut()
+            .insert(grant.resource_id.clone(), grant.lock_id.clone())
+        {
+            // An earlier hold of ours on this resource expired and was taken over.
+            self.by_lock.borrow_mut().remove(&previous);
+        }
+        self.by_lock
+            .borrow_mut()
+            .insert(grant.lock_id.clone(), hold);
+    }
+
+    /// Forgets `lock_id`; returns its hold if this manager granted it.
+    pub(crate) fn remove(&self, lock_id: &LockId) -> Option<LocalHold> {
+        let hold = self.by_lock.borrow_mut().remove(lock_id)?;
+        let mut by_resource = self.by_resource.borrow_mut();
+        if by_resource.get(&hold.resource_id) == Some(lock_id) {
+            by_resource.remove(&hold.resource_id);
+        }
+        Some(hold)
+    }
+
+    /// When this manager's live hold on `resource` ends, if it has one at `now`.
+    pub(crate) fn live_lease(&self, resource: &ResourceId, now: SystemTime) -> Option<SystemTime> {
+        let lock_id = self.by_resource.borrow().get(resource).cloned()?;
+        let expires_at = self.by_lock.borrow().get(&lock_id)?.expires_at;
+        (expires_at > now).then_some(expires_at)
+    }
+
+    /// Forgets holds whose lease ended before `now` (never unlocked by their holder).
+    pub(crate) fn forget_expired(&self, now: SystemTime) {
+        let expired: Vec<LockId> = self
+            .by_lock
+            .borrow()
+            .iter()
+            .filter(|(_, hold)| hold.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for lock_id in expired {
+            self.remove(&lock_id);
+        }
+    }
+}
+
+/// Per-resource FIFO queues of the Acquires waiting in this manager.
+#[derive(Debug, Default)]
+pub(crate) struct LocalWaiters {
+    queues: RefCell<HashMap<ResourceId, VecDeque<Rc<Waiter>>>>,
+    next_id: Cell<u64>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    wake: Notify,
+}
+
+/// A waiter's place in its resource's queue. Dropping it leaves the queue.
+#[derive(Debug)]
+pub(crate) struct Place {
+    waiters: Rc<LocalWaiters>,
+    resource: ResourceId,
+    waiter: Rc<Waiter>,
+}
+
+impl LocalWaiters {
+    /// Whether anyone in this manager waits for `resource`.
+    pub(crate) fn is_waited_for(&self, resource: &ResourceId) -> bool {
+        self.queues.borrow().contains_key(resource)
+    }
+
+    /// Joins the back of `resource`'s queue.
+    pub(crate) fn join(self: &Rc<Self>, resource: &ResourceId) -> Place {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let waiter = Rc::new(Waiter {
+            id,
+            wake: Notify::new(),
+        });
+        self.queues
+            .borrow_mut()
+            .entry(resource.clone())
+            .or_default()
+            .push_back(Rc::clone(&waiter));
+        Place {
+            waiters: Rc::clone(self),
+            resource: resource.clone(),
+            waiter,
+        }
+    }
+
+    /// Tells the oldest waiter for `resource` to try now.
+    pub(crate) fn wake_head(&self, resource: &ResourceId) {
+        if let Some(head) = self.queues.borrow().get(resource).and_then(|q| q.front()) {
+            head.wake.notify_one();
+        }
+    }
+}
+
+impl Place {
+    /// Whether this waiter is the oldest for its resource (the only one that probes).
+    pub(crate) fn is_head(&self) -> bool {
+        self.waiters
+            .queues
+            .borrow()
+            .get(&self.resource)
+            .and_then(|q| q.front())
+            .is_some_and(|head| head.id == self.waiter.id)
+    }
+
+    /// Resolves when this waiter is told to try: the resource was released here, or it became
+    /// the head of its queue.
+    pub(crate) async fn woken(&self) {
+        self.waiter.wake.notified().await;
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut queues = self.waiters.queues.borrow_mut();
+        let Some(queue) = queues.get_mut(&self.resource) else {
+            return;
+        };
+        let was_head = queue.front().is_some_and(|w| w.id == self.waiter.id);
+        queue.retain(|w| w.id != self.waiter.id);
+        match queue.front() {
+            None => {
+                queues.remove(&self.resource);
+            }
+            // The new head decides for itself whether to probe or to wait for the holder.
+            Some(next) if was_head => next.wake.notify_one(),
+            Some(_) => {}
+        }
+    }
+}

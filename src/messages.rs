@@ -1,0 +1,231 @@
+//! The messages a [`LockManager`](crate::LockManager) answers, and the typed values they carry.
+//!
+//! Messages are small structs, as in the actix examples; each names its reply type. Resource
+//! ids travel as plain strings and are checked by the manager, so bad input comes back as
+//! [`LockError::InvalidResourceId`] instead of being impossible to send.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use actix::Message;
+
+use crate::error::LockError;
+
+/// The longest resource id, in bytes.
+pub const MAX_RESOURCE_ID_LEN: usize = 512;
+
+/// A checked resource id: 1 to 512 bytes of UTF-8 without NUL.
+///
+/// ```
+/// use actix_mongo_lock::{LockError, ResourceId};
+///
+/// assert_eq!(ResourceId::new("invoice-42").unwrap().as_str(), "invoice-42");
+/// assert!(matches!(ResourceId::new(""), Err(LockError::InvalidResourceId { .. })));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceId(String);
+
+impl ResourceId {
+    /// Checks `id`.
+    pub fn new(id: impl Into<String>) -> Result<Self, LockError> {
+        let id = id.into();
+        let reason = if id.is_empty() {
+            "it is empty"
+        } else if id.len() > MAX_RESOURCE_ID_LEN {
+            "it is longer than 512 bytes"
+        } else if id.contains('\0') {
+            "it holds a NUL byte"
+        } else {
+            return Ok(ResourceId(id));
+        };
+        Err(LockError::InvalidResourceId { reason })
+    }
+
+    /// The id as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of one hold: a random UUID v4, unguessable, so only the holder can release it.
+///
+/// Knowing a lock id is the right to unlock; keep it out of logs you share.
+///
+/// ```
+/// use actix_mongo_lock::{LockError, LockId};
+///
+/// let id = LockId::generate();
+/// assert_eq!(LockId::parse(&id.to_string()).unwrap(), id);
+/// assert!(matches!(LockId::parse("1234"), Err(LockError::InvalidLockId { .. })));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LockId(String);
+
+impl LockId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        LockId(uuid::Uuid::new_v4().hyphenated().to_string())
+    }
+
+    /// Parses an id previously issued by this crate (a lowercase hyphenated UUID v4).
+    pub fn parse(text: &str) -> Result<Self, LockError> {
+        let invalid = |reason| Err(LockError::InvalidLockId { reason });
+        let Ok(uuid) = uuid::Uuid::try_parse(text) else {
+            return invalid("it is not a UUID");
+        };
+        if uuid.get_version_num() != 4 {
+            return invalid("it is not a version 4 UUID");
+        }
+        let canonical = uuid.hyphenated().to_string();
+        if canonical != text {
+            return invalid("it is not in lowercase hyphenated form");
+        }
+        Ok(LockId(canonical))
+    }
+
+    /// The id as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Debug hides most of the id: a log line must not hand out the right to unlock.
+impl fmt::Debug for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockId({}…)", &self.0[..8])
+    }
+}
+
+/// A granted hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockGrant {
+    /// The id that releases (and renews) this hold.
+    pub lock_id: LockId,
+    /// The resource held.
+    pub resource_id: ResourceId,
+    /// Fencing token: strictly increasing per resource across every grant, release, expiry and
+    /// purge. Pass it to a downstream store so it can refuse writes from a holder whose lease
+    /// already went to someone with a higher fence.
+    pub fence: i64,
+    /// When the grant was made, on the server's clock.
+    pub granted_at: SystemTime,
+    /// When the lease ends unless renewed, on the server's clock.
+    pub expires_at: SystemTime,
+}
+
+/// What an [`Unlock`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlockOutcome {
+    /// The hold with that id was released.
+    Released,
+    /// No hold has that id (never issued, already released, or its expired lease was purged or
+    /// taken over). Nothing changed.
+    NotHeld,
+}
+
+/// One attempt to lock a resource; [`LockError::AlreadyLocked`] if it is held.
+///
+/// ```no_run
+/// # async fn demo(manager: actix::Addr<actix_mongo_lock::LockManager>) -> Result<(), Box<dyn std::error::Error>> {
+/// use actix_mongo_lock::Lock;
+/// let grant = manager.send(Lock::new("invoice-42")).await??;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<LockGrant, LockError>")]
+pub struct Lock {
+    /// The resource to lock.
+    pub resource_id: String,
+}
+
+impl Lock {
+    /// Lock `resource_id`.
+    pub fn new(resource_id: impl Into<String>) -> Self {
+        Lock {
+            resource_id: resource_id.into(),
+        }
+    }
+}
+
+/// How an [`Acquire`] waits for a resource held by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Polling {
+    /// Short first retries growing to `acquire_period`, with jitter; a release through this
+    /// manager wakes the oldest local waiter at once. The default.
+    #[default]
+    Adaptive,
+    /// The seed's behaviour: a retry every `acquire_period`, `acquire_max_retries` times.
+    Fixed,
+}
+
+/// Lock a resource, waiting while it is held.
+///
+/// By default it waits up to `acquire_period * acquire_max_retries` (2.5 s) and then answers
+/// [`LockError::AcquireMaxRetries`]; [`Acquire::timeout`] sets another budget for this request.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<LockGrant, LockError>")]
+pub struct Acquire {
+    /// The resource to lock.
+    pub resource_id: String,
+    /// How long to wait at most; `None` uses the configured retry budget.
+    pub timeout: Option<Duration>,
+    /// How to wait.
+    pub polling: Polling,
+}
+
+impl Acquire {
+    /// Acquire `resource_id` with the configured budget and adaptive waiting.
+    pub fn new(resource_id: impl Into<String>) -> Self {
+        Acquire {
+            resource_id: resource_id.into(),
+            timeout: None,
+            polling: Polling::default(),
+        }
+    }
+
+    /// Wait at most `timeout`, then answer [`LockError::AcquireTimeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Wait as the seed does: retry every `acquire_period`, `acquire_max_retries` times.
+    pub fn fixed_polling(mut self) -> Self {
+        self.polling = Polling::Fixed;
+        self
+    }
+}
+
+/// Release the hold with exactly this id. Unknown or stale ids change nothing.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<UnlockOutcome, LockError>")]
+pub struct Unlock {
+    /// The id from the [`LockGrant`].
+    pub lock_id: LockId,
+}
+
+impl Unlock {
+    /// Release `lock_id`.
+    pub fn new(lock_id: LockId) -> Self {
+        Unlock { lock_id }
+    }
+}
+
+/// Drain and stop the manager: every accepted message is answered, waiting Acquires end with
+/// [`LockError::Closing`], the purger stops, and only then does `Close` answer. Every later
+/// message is answered `Closing`. Sending `Close` again waits for the same drain.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Close;

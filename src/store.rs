@@ -1,0 +1,288 @@
+//! `MongoStore`: the lock schema and every database call. The only code that speaks BSON.
+//!
+//! One document per resource in square/mongo-lock's schema, so Go services using dplock and Rust
+//! services using this crate can contend for the same resource:
+//!
+//! ```text
+//! { resource: "<name>-<resource_id>",                 // unique index
+//!   exclusive: { lockId, owner, host, comment, createdAt, renewedAt, expiresAt, acquired },
+//!   shared:    { count: 0, locks: [] },
+//!   fence:     <int64, +1 on every grant> }           // ours; Go clients ignore it
+//! ```
+//!
+//! Documents are never deleted: a release or purge rewrites `exclusive` to its released form, so
+//! `fence` survives and keeps increasing. Every write replaces `exclusive` whole rather than
+//! setting dotted paths; see docs/compatibility.md for why that form is correct on MongoDB and on
+//! the embedded test server alike.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, IndexModel};
+
+use crate::config::LockConfig;
+use crate::error::LockError;
+use crate::messages::{LockGrant, LockId, ResourceId};
+
+/// MongoDB's duplicate-key error code. Recognised by code, never by message.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// The lock collection of one lock family.
+#[derive(Clone, Debug)]
+pub struct MongoStore {
+    client: Client,
+    collection: Collection<Document>,
+    prefix: String,
+    owner: String,
+    host: String,
+}
+
+impl MongoStore {
+    /// The store of `config`'s lock family on `client`. Makes no request.
+    pub fn new(client: Client, config: &LockConfig) -> Self {
+        let collection = client
+            .database(&config.database)
+            .collection(&config.collection_name());
+        MongoStore {
+            client,
+            collection,
+            prefix: format!("{}-", config.name),
+            owner: config.owner.clone(),
+            host: config.host.clone(),
+        }
+    }
+
+    /// The collection's name.
+    pub fn collection_name(&self) -> &str {
+        self.collection.name()
+    }
+
+    /// Creates the unique `resource` index and the `exclusive.lockId` and `exclusive.expiresAt`
+    /// indexes (a no-op when they exist).
+    pub async fn ensure_indexes(&self) -> Result<(), LockError> {
+        let index = |key: &str, unique: bool| {
+            IndexModel::builder()
+                .keys(doc! { key: 1 })
+                .options(IndexOptions::builder().unique(unique).build())
+                .build()
+        };
+        self.collection
+            .create_indexes([
+                index("resource", true),
+                index("exclusive.lockId", false),
+                index("exclusive.expiresAt", false),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the server's clock with `hello` and returns its offset from `local`'s reading,
+    /// taken halfway through the round trip.
+    pub async fn server_clock_offset(
+        &self,
+        local: impl Fn() -> SystemTime,
+    ) -> Result<ClockOffset, LockError> {
+        let sent = Instant::now();
+        let local_sent = local();
+        let reply = self
+            .client
+            .database("admin")
+            .run_command(doc! { "hello": 1 })
+            .await?;
+        let rtt = sent.elapsed();
+        let server = match reply.get("localTime") {
+            Some(Bson::DateTime(t)) => t.to_system_time(),
+            _ => {
+                return Err(LockError::CorruptDocument {
+                    reason: "hello answered without a localTime date".to_owned(),
+                })
+            }
+        };
+        Ok(ClockOffset::between(local_sent + rtt / 2, server))
+    }
+
+    /// One atomic grant: takes `resource` if it is free, its lease expired, or it is already
+    /// held under `lock_id` (a retry whose first reply was lost). `Ok(None)` means someone else
+    /// holds a live lease. One `findOneAndUpdate`, one round trip.
+    pub async fn grant(
+        &self,
+        resource: &ResourceId,
+        lock_id: &LockId,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>, LockError> {
+        let now_bson = DateTime::from_system_time(now);
+        // Millisecond precision is all BSON dates keep; the grant reports what is stored.
+        let granted_at = now_bson.to_system_time();
+        let expires_at = DateTime::from_system_time(now + ttl).to_system_time();
+        // `resource` stays top-level so an upsert writes it into a new document; the `$or`
+        // sits inside `$and` because the embedded test server drops the conditions beside a
+        // bare `$or`. "Expired" is a strict `$lt`: exact on MongoDB, and never early on a
+        // server that compares dates by whole seconds (docs/compatibility.md).
+        let filter = doc! {
+            "resource": self.stored_name(resource),
+            "shared.count": 0,
+            "$and": [{ "$or": [
+                { "exclusive.acquired": false },
+                { "exclusive.expiresAt": { "$lt": now_bson } },
+                { "exclusive.lockId": lock_id.as_str() },
+            ] }],
+        };
+        let update = doc! {
+            "$set": {
+                "exclusive": self.held(lock_id, granted_at, None, expires_at),
+                "shared": { "count": 0, "locks": [] },
+            },
+            "$inc": { "fence": 1_i64 },
+        };
+        let result = self
+            .collection
+            .find_one_and_update(filter, update)
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await;
+        let stored = match result {
+            Ok(Some(stored)) => stored,
+            // Real MongoDB answers a held resource with the upsert's duplicate key; the embedded
+            // test server answers with no document. Both mean "held by someone else".
+            Ok(None) => return Ok(None),
+            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(LockGrant {
+            lock_id: lock_id.clone(),
+            resource_id: resource.clone(),
+            fence: read_fence(&stored)?,
+            granted_at,
+            expires_at,
+        }))
+    }
+
+    /// Releases the hold with exactly `lock_id`; `true` if there was one. One update.
+    pub async fn release(&self, lock_id: &LockId) -> Result<bool, LockError> {
+        let result = self
+            .collection
+            .update_one(
+                doc! { "exclusive.lockId": lock_id.as_str() },
+                doc! { "$set": { "exclusive": released() } },
+            )
+            .await?;
+        Ok(result.matched_count > 0)
+    }
+
+    /// Releases every hold whose lease ended before `now`; returns how many.
+    pub async fn purge_expired(&self, now: SystemTime) -> Result<u64, LockError> {
+        let result = self
+            .collection
+            .update_many(
+                doc! {
+                    "exclusive.acquired": true,
+                    "exclusive.expiresAt": { "$lt": DateTime::from_system_time(now) },
+                },
+                doc! { "$set": { "exclusive": released() } },
+            )
+            .await?;
+        Ok(result.modified_count)
+    }
+
+    fn stored_name(&self, resource: &ResourceId) -> String {
+        format!("{}{}", self.prefix, resource.as_str())
+    }
+
+    fn held(
+        &self,
+        lock_id: &LockId,
+        created_at: SystemTime,
+        renewed_at: Option<SystemTime>,
+        expires_at: SystemTime,
+    ) -> Document {
+        doc! {
+            "lockId": lock_id.as_str(),
+            "owner": &self.owner,
+            "host": &self.host,
+            "comment": Bson::Null,
+            "createdAt": DateTime::from_system_time(created_at),
+            "renewedAt": renewed_at.map_or(Bson::Null, |t| Bson::DateTime(DateTime::from_system_time(t))),
+            "expiresAt": DateTime::from_system_time(expires_at),
+            "acquired": true,
+        }
+    }
+}
+
+/// The released form of `exclusive`, written whole (square/mongo-lock's shape).
+fn released() -> Document {
+    doc! {
+        "lockId": Bson::Null,
+        "owner": Bson::Null,
+        "host": Bson::Null,
+        "comment": Bson::Null,
+        "createdAt": Bson::Null,
+        "renewedAt": Bson::Null,
+        "expiresAt": Bson::Null,
+        "acquired": false,
+    }
+}
+
+fn read_fence(stored: &Document) -> Result<i64, LockError> {
+    match stored.get("fence") {
+        Some(Bson::Int64(f)) => Ok(*f),
+        Some(Bson::Int32(f)) => Ok(i64::from(*f)),
+        other => Err(LockError::CorruptDocument {
+            reason: format!("fence is {other:?}, expected an integer"),
+        }),
+    }
+}
+
+/// The server error code of `e`, if the server answered with one.
+pub(crate) fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        _ => None,
+    }
+}
+
+/// Whether retrying the same request may succeed: everything but errors in the request itself.
+pub(crate) fn is_transient(e: &LockError) -> bool {
+    match e {
+        LockError::Database(e) => !matches!(
+            e.kind.as_ref(),
+            ErrorKind::InvalidArgument { .. }
+                | ErrorKind::Authentication { .. }
+                | ErrorKind::BsonSerialization(_)
+                | ErrorKind::BsonDeserialization(_)
+        ),
+        _ => false,
+    }
+}
+
+/// The difference between the server's clock and the local one: server = local + offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClockOffset {
+    ahead: Duration,
+    behind: Duration,
+}
+
+impl ClockOffset {
+    /// The offset that turns `local` into `server`.
+    pub fn between(local: SystemTime, server: SystemTime) -> Self {
+        match server.duration_since(local) {
+            Ok(ahead) => ClockOffset {
+                ahead,
+                behind: Duration::ZERO,
+            },
+            Err(e) => ClockOffset {
+                ahead: Duration::ZERO,
+                behind: e.duration(),
+            },
+        }
+    }
+
+    /// The server's time for a local reading.
+    pub fn server_time(&self, local: SystemTime) -> SystemTime {
+        local + self.ahead - self.behind
+    }
+}

@@ -1,0 +1,393 @@
+//! The dplock semantics the foundation promises, each pinned against the real server: Lock,
+//! Acquire, Unlock, leases, the purger, fencing tokens, Close and bad input.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use actix_mongo_lock::{
+    Acquire, Close, Lock, LockConfig, LockError, LockId, LockManager, Unlock, UnlockOutcome,
+};
+use mongodb::bson::{doc, Bson};
+use support::server::{client, fast_config, manager, snapshot, stored};
+
+fn stored_fence(document: &mongodb::bson::Document) -> i64 {
+    match document.get("fence") {
+        Some(Bson::Int64(f)) => *f,
+        Some(Bson::Int32(f)) => i64::from(*f),
+        other => panic!("fence is {other:?}"),
+    }
+}
+
+fn stored_lock_id(document: &mongodb::bson::Document) -> Option<String> {
+    document
+        .get_document("exclusive")
+        .ok()
+        .and_then(|e| e.get_str("lockId").ok())
+        .map(str::to_owned)
+}
+
+#[actix_rt::test]
+async fn lock_then_lock_again_is_refused() {
+    let config = fast_config("relock");
+    let locks = manager(&config).await;
+
+    let grant = locks.send(Lock::new("printer")).await.unwrap().unwrap();
+    let again = locks.send(Lock::new("printer")).await.unwrap();
+
+    assert!(
+        matches!(&again, Err(LockError::AlreadyLocked { resource_id }) if resource_id == "printer"),
+        "second Lock answered {again:?}"
+    );
+    let document = stored(&config, "printer")
+        .await
+        .expect("the grant is stored");
+    assert_eq!(
+        stored_lock_id(&document).as_deref(),
+        Some(grant.lock_id.as_str())
+    );
+    assert_eq!(grant.resource_id.as_str(), "printer");
+    assert!(grant.expires_at > grant.granted_at + Duration::from_secs(9));
+}
+
+#[actix_rt::test]
+async fn acquire_waits_until_holder_unlocks() {
+    let config = fast_config("acquire_waits");
+    let locks = manager(&config).await;
+    let other = manager(&config).await;
+    let held = locks.send(Lock::new("door")).await.unwrap().unwrap();
+
+    let waiting = other.send(Acquire::new("door"));
+    let unlocker = locks.clone();
+    let unlock_at = actix_rt::spawn(async move {
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        let sent = Instant::now();
+        let outcome = unlocker.send(Unlock::new(held.lock_id)).await.unwrap();
+        (sent, outcome)
+    });
+
+    let grant = waiting
+        .await
+        .unwrap()
+        .expect("Acquire gets the lock once it is free");
+    let granted = Instant::now();
+    let (unlock_sent, outcome) = unlock_at.await.unwrap();
+    assert_eq!(outcome.unwrap(), UnlockOutcome::Released);
+    assert!(
+        granted >= unlock_sent,
+        "Acquire was granted before the Unlock"
+    );
+    assert!(grant.fence > held.fence);
+}
+
+#[actix_rt::test]
+async fn acquire_gives_up_after_the_retry_budget() {
+    let config = fast_config("acquire_budget").acquire_retries(Duration::from_millis(30), 4);
+    let locks = manager(&config).await;
+    locks.send(Lock::new("vault")).await.unwrap().unwrap();
+
+    let started = Instant::now();
+    let fixed = locks
+        .send(Acquire::new("vault").fixed_polling())
+        .await
+        .unwrap();
+    assert!(
+        matches!(fixed, Err(LockError::AcquireMaxRetries { retries: 4, .. })),
+        "fixed polling answered {fixed:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(120));
+
+    let started = Instant::now();
+    let adaptive = locks.send(Acquire::new("vault")).await.unwrap();
+    assert!(
+        matches!(adaptive, Err(LockError::AcquireMaxRetries { .. })),
+        "adaptive polling answered {adaptive:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(120));
+
+    let timed = locks
+        .send(Acquire::new("vault").timeout(Duration::from_millis(80)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(timed, Err(LockError::AcquireTimeout { waited, .. }) if waited == Duration::from_millis(80)),
+        "Acquire with a deadline answered {timed:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn unlock_by_a_wrong_id_leaves_the_holder() {
+    let config = fast_config("wrong_id");
+    let locks = manager(&config).await;
+    let grant = locks.send(Lock::new("ledger")).await.unwrap().unwrap();
+    let before = snapshot(&config).await;
+
+    let outcome = locks
+        .send(Unlock::new(LockId::generate()))
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(outcome, UnlockOutcome::NotHeld);
+    assert_eq!(
+        snapshot(&config).await,
+        before,
+        "a wrong id changed the store"
+    );
+    let again = locks.send(Lock::new("ledger")).await.unwrap();
+    assert!(matches!(again, Err(LockError::AlreadyLocked { .. })));
+    let released = locks
+        .send(Unlock::new(grant.lock_id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(released.unwrap(), UnlockOutcome::Released);
+    let twice = locks.send(Unlock::new(grant.lock_id)).await.unwrap();
+    assert_eq!(twice.unwrap(), UnlockOutcome::NotHeld);
+}
+
+#[actix_rt::test]
+async fn an_expired_lease_is_taken_over() {
+    let config = fast_config("expired").ttl(Duration::from_millis(300));
+    let first = manager(&config).await;
+    let second = manager(&config).await;
+    let old = first.send(Lock::new("slot")).await.unwrap().unwrap();
+
+    actix_rt::time::sleep(Duration::from_millis(350)).await;
+    // A server that compares dates by whole seconds may see the lease end up to 1 s late.
+    let new = second
+        .send(Acquire::new("slot").timeout(Duration::from_secs(3)))
+        .await
+        .unwrap()
+        .expect("an expired lease is taken over");
+
+    assert!(new.fence > old.fence);
+    assert!(
+        new.granted_at >= old.expires_at,
+        "taken over before the lease ended"
+    );
+    let late = first.send(Unlock::new(old.lock_id)).await.unwrap().unwrap();
+    assert_eq!(
+        late,
+        UnlockOutcome::NotHeld,
+        "a late release changed something"
+    );
+    let document = stored(&config, "slot").await.unwrap();
+    assert_eq!(
+        stored_lock_id(&document).as_deref(),
+        Some(new.lock_id.as_str())
+    );
+}
+
+#[actix_rt::test]
+async fn the_purger_clears_expired_holds_and_leaves_live_ones() {
+    let short = fast_config("purger")
+        .ttl(Duration::from_millis(200))
+        .purger_period(Duration::from_millis(150));
+    let long = short.clone().ttl(Duration::from_secs(30));
+    let short_lived = manager(&short).await;
+    let long_lived = manager(&long).await;
+    let expiring = short_lived.send(Lock::new("stale")).await.unwrap().unwrap();
+    let live = long_lived.send(Lock::new("fresh")).await.unwrap().unwrap();
+
+    // Purges run every 150 ms; a server comparing dates by whole seconds sees expiry up to 1 s late.
+    actix_rt::time::sleep(Duration::from_millis(1700)).await;
+
+    let stale = stored(&short, "stale")
+        .await
+        .expect("purged documents stay");
+    let exclusive = stale.get_document("exclusive").unwrap();
+    assert_eq!(exclusive.get("acquired"), Some(&Bson::Boolean(false)));
+    assert_eq!(exclusive.get("lockId"), Some(&Bson::Null));
+    assert_eq!(stored_fence(&stale), expiring.fence, "purge kept the fence");
+    let fresh = stored(&short, "fresh").await.unwrap();
+    assert_eq!(
+        stored_lock_id(&fresh).as_deref(),
+        Some(live.lock_id.as_str())
+    );
+}
+
+#[actix_rt::test]
+async fn fences_increase_across_grant_release_expiry_and_purge() {
+    let config = fast_config("fences")
+        .ttl(Duration::from_millis(200))
+        .purger_period(Duration::from_millis(100));
+    let locks = manager(&config).await;
+    let mut fences = Vec::new();
+
+    let granted = locks.send(Lock::new("token")).await.unwrap().unwrap();
+    fences.push(granted.fence);
+    locks
+        .send(Unlock::new(granted.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let after_release = locks.send(Lock::new("token")).await.unwrap().unwrap();
+    fences.push(after_release.fence);
+    // Let the lease run out and take it over (by the grant itself, or after a purge).
+    actix_rt::time::sleep(Duration::from_millis(250)).await;
+    let after_expiry = locks
+        .send(Acquire::new("token").timeout(Duration::from_secs(3)))
+        .await
+        .unwrap()
+        .unwrap();
+    fences.push(after_expiry.fence);
+    // Now let the purger clear it (up to 1 s late on a whole-second server), and grant again.
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    let purged = stored(&config, "token").await.unwrap();
+    assert_eq!(
+        purged.get_document("exclusive").unwrap().get("acquired"),
+        Some(&Bson::Boolean(false)),
+        "the purger cleared the expired hold"
+    );
+    let after_purge = locks.send(Lock::new("token")).await.unwrap().unwrap();
+    fences.push(after_purge.fence);
+
+    assert!(
+        fences.windows(2).all(|pair| pair[0] < pair[1]),
+        "fences did not increase: {fences:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn close_answers_every_in_flight_message_and_later_ones_with_closing() {
+    let config = fast_config("close")
+        .acquire_retries(Duration::from_millis(100), 1000)
+        .purger_period(Duration::from_millis(100));
+    let holder = manager(&config).await;
+    let locks = manager(&config).await;
+    holder
+        .send(Lock::new("busy"))
+        .await
+        .unwrap()
+        .expect("held by another manager");
+
+    // A mix in flight: Acquires that wait, one-shot Locks, and Unlocks.
+    let mut replies = Vec::new();
+    for i in 0..20 {
+        let acquire = locks.send(Acquire::new("busy"));
+        let lock = locks.send(Lock::new(format!("free-{i}")));
+        let unlock = locks.send(Unlock::new(LockId::generate()));
+        replies.push(actix_rt::spawn(async move {
+            (acquire.await, lock.await, unlock.await)
+        }));
+    }
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    locks.send(Close).await.expect("Close is answered");
+
+    // A sender waits while the mailbox is full, so some messages may reach the manager only
+    // after Close: those are answered `Closing`. Every message is answered either way.
+    let mut locked = 0;
+    for reply in replies {
+        let (acquire, lock, unlock) = reply.await.unwrap();
+        let acquire = acquire.expect("every Acquire is answered");
+        assert!(
+            matches!(acquire, Err(LockError::Closing)),
+            "waiting Acquire answered {acquire:?}"
+        );
+        match lock.expect("every Lock is answered") {
+            Ok(_) => locked += 1,
+            Err(LockError::Closing) => {}
+            Err(e) => panic!("Lock of a free resource answered {e:?}"),
+        }
+        match unlock.expect("every Unlock is answered") {
+            Ok(outcome) => assert_eq!(outcome, UnlockOutcome::NotHeld),
+            Err(LockError::Closing) => {}
+            Err(e) => panic!("Unlock of an unknown id answered {e:?}"),
+        }
+    }
+    assert!(locked > 0, "no Lock sent before Close was granted");
+    let after = locks.send(Lock::new("later")).await.unwrap();
+    assert!(matches!(after, Err(LockError::Closing)), "{after:?}");
+    let after = locks.send(Close).await;
+    assert!(after.is_ok(), "a second Close is answered too");
+}
+
+#[actix_rt::test]
+async fn close_stops_the_purger() {
+    let config = fast_config("close_purger")
+        .ttl(Duration::from_millis(100))
+        .purger_period(Duration::from_millis(100));
+    let locks = manager(&config).await;
+    locks.send(Lock::new("left")).await.unwrap().unwrap();
+    locks.send(Close).await.unwrap();
+
+    // Long enough for several purges, even on a server that sees expiry up to 1 s late.
+    actix_rt::time::sleep(Duration::from_millis(1600)).await;
+    let left = stored(&config, "left").await.unwrap();
+    assert_eq!(
+        left.get_document("exclusive").unwrap().get("acquired"),
+        Some(&Bson::Boolean(true)),
+        "a purger ran after Close"
+    );
+}
+
+#[actix_rt::test]
+async fn bad_resource_ids_are_rejected_and_nothing_is_written() {
+    let config = fast_config("bad_ids");
+    let locks = manager(&config).await;
+    let bad = ["".to_owned(), "x".repeat(513), "nul\0byte".to_owned()];
+
+    for id in &bad {
+        let lock = locks.send(Lock::new(id.clone())).await.unwrap();
+        assert!(
+            matches!(lock, Err(LockError::InvalidResourceId { .. })),
+            "Lock({id:?}) answered {lock:?}"
+        );
+        let acquire = locks.send(Acquire::new(id.clone())).await.unwrap();
+        assert!(
+            matches!(acquire, Err(LockError::InvalidResourceId { .. })),
+            "Acquire({id:?}) answered {acquire:?}"
+        );
+    }
+    assert!(
+        snapshot(&config).await.is_empty(),
+        "bad input wrote something"
+    );
+    let longest = locks.send(Lock::new("y".repeat(512))).await.unwrap();
+    assert!(longest.is_ok(), "512 bytes is allowed: {longest:?}");
+}
+
+#[actix_rt::test]
+async fn an_unreachable_database_is_a_typed_error_not_a_hang() {
+    // Nothing listens on port 1; the driver gives up after its server selection timeout.
+    let client = mongodb::Client::with_uri_str(
+        "mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=500",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let result = LockManager::start(client, fast_config("unreachable")).await;
+    assert!(
+        matches!(result, Err(LockError::Database(_))),
+        "start answered {:?}",
+        result.map(|_| ())
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[actix_rt::test]
+async fn an_invalid_configuration_is_refused_before_any_request() {
+    let client = client().await;
+    for config in [
+        LockConfig::new(""),
+        LockConfig::new("has space"),
+        LockConfig::new("ok").ttl(Duration::ZERO),
+        LockConfig::new("ok").database("a.b"),
+    ] {
+        let result = LockManager::start(client.clone(), config.clone()).await;
+        assert!(
+            matches!(result, Err(LockError::InvalidConfig { .. })),
+            "{config:?} was accepted"
+        );
+    }
+    let names = client
+        .database("locks")
+        .list_collection_names()
+        .filter(doc! { "name": "ok_locks" })
+        .await
+        .unwrap();
+    assert!(
+        names.is_empty(),
+        "a refused configuration created {names:?}"
+    );
+}

@@ -1,0 +1,10 @@
+//! Shared support code for the integration tests (fault proxy, history checker, ...).
+//! Each test binary declares `mod support;` and uses a subset of it.
+
+// Each test binary compiles this module on its own and uses only part of it, so the parts a
+// given binary leaves unused would otherwise warn as dead code.
+#![allow(dead_code)]
+
+pub mod history;
+pub mod proxy;
+pub mod server;

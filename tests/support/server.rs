@@ -1,0 +1,86 @@
+//! The server the tests talk to: the one in `MONGODB_URI` (set by `scripts/with-mongo`, or by
+//! hand for a real MongoDB). There is no fallback: without it every test fails, loudly.
+
+use std::time::Duration;
+
+use actix::Addr;
+use actix_mongo_lock::{LockConfig, LockManager};
+use mongodb::bson::{doc, Document};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection};
+
+/// `MONGODB_URI`, or a panic that says how to run the tests.
+pub fn uri() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| {
+        panic!("MONGODB_URI is not set: run the tests as `scripts/with-mongo cargo test`")
+    })
+}
+
+/// A driver client for `uri` that gives up on an unreachable server within 5 s.
+pub async fn client_for(uri: &str) -> Client {
+    let mut options = ClientOptions::parse(uri)
+        .await
+        .unwrap_or_else(|e| panic!("MONGODB_URI {uri:?} does not parse: {e}"));
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    Client::with_options(options).expect("client options are valid")
+}
+
+/// A client for the test server.
+pub async fn client() -> Client {
+    client_for(&uri()).await
+}
+
+/// A lock family no other test uses, so tests can run in parallel on one server.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "t_{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// A configuration with short periods, for a fresh lock family.
+pub fn fast_config(prefix: &str) -> LockConfig {
+    LockConfig::new(unique_name(prefix))
+        .database("actix_mongo_lock_tests")
+        .ttl(Duration::from_secs(10))
+        .acquire_retries(Duration::from_millis(50), 10)
+        .unlock_retries(Duration::from_millis(5), 3)
+}
+
+/// Starts a manager on the test server; panics if the server cannot be reached.
+pub async fn manager(config: &LockConfig) -> Addr<LockManager> {
+    LockManager::start(client().await, config.clone())
+        .await
+        .unwrap_or_else(|e| panic!("cannot start a lock manager on {}: {e}", uri()))
+}
+
+/// The raw lock collection of `config`, to check what the manager wrote.
+pub async fn collection(config: &LockConfig) -> Collection<Document> {
+    client()
+        .await
+        .database(&config.database)
+        .collection(&config.collection_name())
+}
+
+/// The stored document of `resource_id`, if any.
+pub async fn stored(config: &LockConfig, resource_id: &str) -> Option<Document> {
+    collection(config)
+        .await
+        .find_one(doc! { "resource": format!("{}-{resource_id}", config.name) })
+        .await
+        .expect("find the lock document")
+}
+
+/// Every document of `config`'s collection, in a stable order, to compare snapshots.
+pub async fn snapshot(config: &LockConfig) -> Vec<Document> {
+    use futures::TryStreamExt;
+    collection(config)
+        .await
+        .find(doc! {})
+        .sort(doc! { "resource": 1 })
+        .await
+        .expect("read the lock collection")
+        .try_collect()
+        .await
+        .expect("read the lock collection")
+}
