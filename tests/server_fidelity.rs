@@ -1,0 +1,1170 @@
+//! Server fidelity: pins every MongoDB operation the lock store relies on, in the exact form the
+//! store sends it, against the server named by `MONGODB_URI` (nx-27017 via `scripts/with-mongo`,
+//! or real MongoDB). These tests do not use the crate: they speak to the server directly, so a
+//! server that drifts from what the store assumes fails here, loudly, before the store misbehaves.
+//!
+//! Every assertion holds on real MongoDB too. Where nx-27017 and MongoDB answer differently, a
+//! test accepts exactly the two documented outcomes and nothing else (see docs/compatibility.md).
+//!
+//!     scripts/with-mongo cargo test --test server_fidelity
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::error::{Error, ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::results::UpdateResult;
+use mongodb::{Client, Collection, IndexModel};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers: a client that fails fast, one fresh collection per test.
+// ---------------------------------------------------------------------------------------------
+
+const DATABASE: &str = "actix_mongo_lock_fidelity";
+const DUPLICATE_KEY: i32 = 11000;
+const TTL_MS: i64 = 30_000;
+
+/// A fresh `<name>_locks` collection of its own, so tests running in parallel never meet.
+struct Fixture {
+    locks: Collection<Document>,
+}
+
+impl Fixture {
+    /// A new, empty collection without indexes.
+    async fn bare() -> Self {
+        let client = connect().await;
+        let name = format!("fidelity{}_locks", Uuid::new_v4().simple());
+        Self {
+            locks: client.database(DATABASE).collection(&name),
+        }
+    }
+
+    /// A new collection with the store's indexes, as the store creates them at start.
+    async fn with_store_indexes() -> Self {
+        let fixture = Self::bare().await;
+        create_store_indexes(&fixture.locks)
+            .await
+            .expect("createIndexes for the store's indexes");
+        fixture
+    }
+
+    async fn doc(&self, resource: &str) -> Document {
+        self.locks
+            .find_one(doc! { "resource": resource })
+            .await
+            .expect("find by resource")
+            .unwrap_or_else(|| panic!("no document for resource {resource}"))
+    }
+
+    async fn count(&self, filter: Document) -> u64 {
+        self.locks
+            .count_documents(filter)
+            .await
+            .expect("countDocuments")
+    }
+
+    /// Drops the collection (on success; a failed test leaves it behind to look at).
+    async fn cleanup(self) {
+        self.locks.drop().await.expect("drop the test collection");
+    }
+}
+
+/// Connects to `MONGODB_URI` and proves the server answers. Panics (never skips) otherwise.
+async fn connect() -> Client {
+    let uri = std::env::var("MONGODB_URI").unwrap_or_else(|_| {
+        panic!(
+            "MONGODB_URI is not set: these tests need a MongoDB-wire server. \
+             Run them as `scripts/with-mongo cargo test --test server_fidelity`, \
+             or set MONGODB_URI to a real MongoDB"
+        )
+    });
+    let mut options = ClientOptions::parse(&uri)
+        .await
+        .unwrap_or_else(|e| panic!("MONGODB_URI={uri} is not a valid connection string: {e}"));
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    options.app_name = Some("actix-mongo-lock server_fidelity".to_owned());
+    let client = Client::with_options(options).expect("build the MongoDB client");
+    client
+        .database("admin")
+        .run_command(doc! { "ping": 1 })
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the MongoDB server at MONGODB_URI={uri}: {e}"));
+    client
+}
+
+/// The server's error code, whether it came back as a write error or a command error.
+fn error_code(error: &Error) -> Option<i32> {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        ErrorKind::Command(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+fn plus_ms(t: DateTime, ms: i64) -> DateTime {
+    DateTime::from_millis(t.timestamp_millis() + ms)
+}
+
+/// A date on a whole second, with a millisecond part of zero.
+fn whole_second(t: DateTime) -> DateTime {
+    DateTime::from_millis(t.timestamp_millis().div_euclid(1000) * 1000)
+}
+
+/// `fence` as the store reads it: an integer, widened to i64 (nx-27017 answers Int32).
+fn fence(doc: &Document) -> i64 {
+    match doc.get("fence") {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => i64::from(*n),
+        other => panic!("fence must be an Int32 or Int64, got {other:?}"),
+    }
+}
+
+fn exclusive(doc: &Document) -> &Document {
+    doc.get_document("exclusive")
+        .expect("the document has an `exclusive` sub-document")
+}
+
+fn lock_id_of(doc: &Document) -> &str {
+    exclusive(doc).get_str("lockId").expect("a held lockId")
+}
+
+fn new_lock_id() -> String {
+    Uuid::new_v4().to_string()
+}
+
+fn resource(id: &str) -> String {
+    format!("fidelity-{id}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store's operations, spelled exactly as the store sends them (DESIGN.md, "Storage").
+// ---------------------------------------------------------------------------------------------
+
+async fn create_store_indexes(locks: &Collection<Document>) -> mongodb::error::Result<()> {
+    let unique = IndexOptions::builder().unique(true).build();
+    locks
+        .create_indexes([
+            IndexModel::builder()
+                .keys(doc! { "resource": 1 })
+                .options(unique)
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "exclusive.lockId": 1 })
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "exclusive.expiresAt": 1 })
+                .build(),
+        ])
+        .await
+        .map(|_| ())
+}
+
+/// The `exclusive` sub-document of a hold granted at `now` for `ttl_ms`.
+fn held(lock_id: &str, now: DateTime, ttl_ms: i64) -> Document {
+    doc! {
+        "lockId": lock_id,
+        "owner": "fidelity-owner",
+        "host": "fidelity-host",
+        "comment": "pinned by tests/server_fidelity.rs",
+        "createdAt": now,
+        "renewedAt": Bson::Null,
+        "expiresAt": plus_ms(now, ttl_ms),
+        "acquired": true,
+    }
+}
+
+/// The `exclusive` sub-document of a released (or purged) resource.
+fn released() -> Document {
+    doc! {
+        "lockId": Bson::Null,
+        "owner": Bson::Null,
+        "host": Bson::Null,
+        "comment": Bson::Null,
+        "createdAt": Bson::Null,
+        "renewedAt": Bson::Null,
+        "expiresAt": Bson::Null,
+        "acquired": false,
+    }
+}
+
+/// The grant's filter, exactly as the store sends it: `resource` free, or its lease ended before
+/// `now`, or already held under `lock_id` (a retried grant whose first reply was lost), and no
+/// shared holders.
+///
+/// "Ended" is a strict `$lt`: exact on MongoDB, and never early on nx-27017, which compares dates
+/// truncated to the whole second (`trunc(a) < trunc(b)` implies `a < b`; a takeover may come up
+/// to 1 s late, never early). `$lte` is avoided: on nx-27017 it claims equality within the same
+/// second, so a live lease could be taken over up to 999 ms early.
+///
+/// The `$or` sits inside an `$and` rather than beside `resource`: the same query to MongoDB, but
+/// nx-27017 renders a flat `{resource, $or, "shared.count"}` holding a date as SQL without
+/// parentheses (`resource AND acquired OR expired AND count`), which matches any expired hold of
+/// any resource. `resource` stays a top-level equality, so an upsert seeds it on both servers.
+fn grant_filter(resource: &str, lock_id: &str, now: DateTime) -> Document {
+    doc! {
+        "resource": resource,
+        "shared.count": 0,
+        "$and": [{
+            "$or": [
+                { "exclusive.acquired": false },
+                { "exclusive.expiresAt": { "$lt": now } },
+                { "exclusive.lockId": lock_id },
+            ],
+        }],
+    }
+}
+
+/// The flat spelling of the same filter (square/mongo-lock's), which the store avoids.
+fn flat_grant_filter(resource: &str, now: DateTime) -> Document {
+    doc! {
+        "resource": resource,
+        "$or": [
+            { "exclusive.acquired": false },
+            { "exclusive.expiresAt": { "$lte": now } },
+        ],
+        "shared.count": 0,
+    }
+}
+
+/// Grant: one atomic findOneAndUpdate with upsert, returning the document after the update.
+async fn grant(
+    locks: &Collection<Document>,
+    resource: &str,
+    lock_id: &str,
+    now: DateTime,
+    ttl_ms: i64,
+) -> mongodb::error::Result<Option<Document>> {
+    let update = doc! {
+        "$set": {
+            "exclusive": held(lock_id, now, ttl_ms),
+            "shared": { "count": 0, "locks": [] },
+        },
+        "$inc": { "fence": 1_i64 },
+    };
+    locks
+        .find_one_and_update(grant_filter(resource, lock_id, now), update)
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .await
+}
+
+/// A grant that must succeed: the granted document.
+async fn grant_ok(
+    locks: &Collection<Document>,
+    resource: &str,
+    lock_id: &str,
+    now: DateTime,
+    ttl_ms: i64,
+) -> Document {
+    grant(locks, resource, lock_id, now, ttl_ms)
+        .await
+        .unwrap_or_else(|e| panic!("grant of {resource} failed: {e}"))
+        .unwrap_or_else(|| panic!("grant of {resource} returned no document"))
+}
+
+/// A grant made a minute before `now` whose 30 s lease ended 30 s before `now`, never released.
+async fn grant_expired(locks: &Collection<Document>, resource: &str, now: DateTime) -> Document {
+    grant_ok(
+        locks,
+        resource,
+        &new_lock_id(),
+        plus_ms(now, -60_000),
+        TTL_MS,
+    )
+    .await
+}
+
+/// Release: a conditional update on the holder's lock id.
+async fn release(locks: &Collection<Document>, lock_id: &str) -> UpdateResult {
+    locks
+        .update_one(
+            doc! { "exclusive.lockId": lock_id },
+            doc! { "$set": { "exclusive": released() } },
+        )
+        .await
+        .expect("release updateOne")
+}
+
+/// Purge: clear every hold whose lease ended before `now`.
+async fn purge(locks: &Collection<Document>, now: DateTime) -> UpdateResult {
+    locks
+        .update_many(
+            doc! { "exclusive.acquired": true, "exclusive.expiresAt": { "$lt": now } },
+            doc! { "$set": { "exclusive": released() } },
+        )
+        .await
+        .expect("purge updateMany")
+}
+
+/// Renew: extend a live hold, identified by its lock id, to `now + ttl_ms`.
+async fn renew(
+    locks: &Collection<Document>,
+    lock_id: &str,
+    created_at: DateTime,
+    now: DateTime,
+    ttl_ms: i64,
+) -> Option<Document> {
+    let mut exclusive = held(lock_id, created_at, 0);
+    exclusive.insert("renewedAt", now);
+    exclusive.insert("expiresAt", plus_ms(now, ttl_ms));
+    locks
+        .find_one_and_update(
+            doc! { "exclusive.lockId": lock_id, "exclusive.expiresAt": { "$gt": now } },
+            doc! { "$set": { "exclusive": exclusive } },
+        )
+        .return_document(ReturnDocument::After)
+        .await
+        .expect("renew findOneAndUpdate")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Indexes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn store_indexes_are_created_idempotently_and_resource_is_unique() {
+    let f = Fixture::bare().await;
+    create_store_indexes(&f.locks)
+        .await
+        .expect("first createIndexes");
+    create_store_indexes(&f.locks)
+        .await
+        .expect("creating the same indexes again is a no-op");
+
+    let indexes: Vec<IndexModel> = f
+        .locks
+        .list_indexes()
+        .await
+        .expect("listIndexes")
+        .try_collect()
+        .await
+        .expect("read listIndexes");
+    let keys: Vec<Vec<String>> = indexes
+        .iter()
+        .map(|i| i.keys.keys().cloned().collect())
+        .collect();
+    for wanted in ["resource", "exclusive.lockId", "exclusive.expiresAt"] {
+        let count = keys.iter().filter(|k| *k == &[wanted.to_owned()]).count();
+        assert_eq!(count, 1, "exactly one index on {wanted}, got {keys:?}");
+    }
+    let resource_index = indexes
+        .iter()
+        .find(|i| i.keys.contains_key("resource"))
+        .expect("an index on resource");
+    let unique = resource_index.options.as_ref().and_then(|o| o.unique);
+    assert_eq!(unique, Some(true), "the resource index is unique");
+
+    let r = resource("dup");
+    f.locks
+        .insert_one(doc! { "resource": &r })
+        .await
+        .expect("first insert");
+    let duplicate = f
+        .locks
+        .insert_one(doc! { "resource": &r })
+        .await
+        .expect_err("a second document with the same resource must be refused");
+    assert_eq!(
+        error_code(&duplicate),
+        Some(DUPLICATE_KEY),
+        "duplicate key is recognised by code 11000, got {duplicate:?}"
+    );
+    assert_eq!(f.count(doc! { "resource": &r }).await, 1);
+    f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Grant
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn grant_on_missing_resource_inserts_it_with_fence_one() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("fresh");
+    let id = new_lock_id();
+    let now = DateTime::now();
+
+    let granted = grant_ok(&f.locks, &r, &id, now, TTL_MS).await;
+
+    assert_eq!(granted.get_str("resource"), Ok(r.as_str()));
+    assert_eq!(lock_id_of(&granted), id);
+    assert_eq!(exclusive(&granted).get_bool("acquired"), Ok(true));
+    assert!(
+        matches!(granted.get("fence"), Some(Bson::Int32(1) | Bson::Int64(1))),
+        "fence comes back as the integer 1 (Int64 on MongoDB, Int32 on nx-27017), got {:?}",
+        granted.get("fence")
+    );
+    assert_eq!(
+        granted.get_document("shared"),
+        Ok(&doc! { "count": 0, "locks": [] })
+    );
+    assert_eq!(f.count(doc! {}).await, 1, "exactly one document inserted");
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn grant_is_refused_while_a_live_lease_holds_the_resource() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("busy");
+    let holder = new_lock_id();
+    let now = DateTime::now();
+    let first = grant_ok(&f.locks, &r, &holder, now, TTL_MS).await;
+
+    let contender = grant(&f.locks, &r, &new_lock_id(), now, TTL_MS).await;
+
+    match &contender {
+        Ok(None) => {} // nx-27017: the upsert's filter matched nothing and nothing was inserted
+        Err(e) if error_code(e) == Some(DUPLICATE_KEY) => {} // MongoDB: the upsert hit the index
+        other => panic!("a held resource must refuse a grant with no document or 11000: {other:?}"),
+    }
+    let after = f.doc(&r).await;
+    assert_eq!(lock_id_of(&after), holder, "the holder keeps the lock");
+    assert_eq!(
+        fence(&after),
+        fence(&first),
+        "a refused grant leaves the fence"
+    );
+    assert_eq!(f.count(doc! { "resource": &r }).await, 1);
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn grant_on_released_resource_succeeds_and_fence_becomes_two() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("released");
+    let first = new_lock_id();
+    let now = DateTime::now();
+    grant_ok(&f.locks, &r, &first, now, TTL_MS).await;
+    assert_eq!(release(&f.locks, &first).await.matched_count, 1);
+
+    let second = new_lock_id();
+    let granted = grant_ok(&f.locks, &r, &second, DateTime::now(), TTL_MS).await;
+
+    assert_eq!(lock_id_of(&granted), second);
+    assert_eq!(fence(&granted), 2);
+    assert_eq!(f.count(doc! { "resource": &r }).await, 1);
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn grant_takes_over_an_expired_lease_and_fence_increases() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("expired");
+    let now = DateTime::now();
+    let stale = grant_expired(&f.locks, &r, now).await;
+
+    let taker = new_lock_id();
+    let granted = grant_ok(&f.locks, &r, &taker, now, TTL_MS).await;
+
+    assert_eq!(lock_id_of(&granted), taker);
+    assert!(
+        fence(&granted) > fence(&stale),
+        "the fence increases on takeover"
+    );
+    assert_eq!(
+        exclusive(&granted).get_datetime("expiresAt"),
+        Ok(&plus_ms(now, TTL_MS))
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn grant_for_one_resource_leaves_other_resources_untouched() {
+    let f = Fixture::with_store_indexes().await;
+    let now = DateTime::now();
+    let (expired, free, wanted) = (resource("i-expired"), resource("i-free"), resource("i-new"));
+    grant_expired(&f.locks, &expired, now).await;
+    let free_id = new_lock_id();
+    grant_ok(&f.locks, &free, &free_id, now, TTL_MS).await;
+    release(&f.locks, &free_id).await;
+    let (expired_before, free_before) = (f.doc(&expired).await, f.doc(&free).await);
+
+    let id = new_lock_id();
+    let granted = grant_ok(&f.locks, &wanted, &id, now, TTL_MS).await;
+
+    assert_eq!(granted.get_str("resource"), Ok(wanted.as_str()));
+    assert_eq!(lock_id_of(&granted), id);
+    assert_eq!(fence(&granted), 1, "a new resource starts its own fence");
+    assert_eq!(
+        f.doc(&expired).await,
+        expired_before,
+        "another expired hold is not taken"
+    );
+    assert_eq!(
+        f.doc(&free).await,
+        free_before,
+        "another free resource is not taken"
+    );
+    assert_eq!(f.count(doc! {}).await, 3);
+    f.cleanup().await;
+}
+
+/// The grant filter's third branch, `{"exclusive.lockId": <the requesting id>}`: a grant retried
+/// after its first reply was lost finds the hold it already made and is granted again (a new
+/// fence, a new expiry); any other lock id is still refused while that hold is live.
+#[tokio::test]
+async fn a_retried_grant_recognises_its_own_hold() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("retried");
+    let id = new_lock_id();
+    let now = DateTime::now();
+    let first = grant_ok(&f.locks, &r, &id, now, TTL_MS).await;
+
+    let retry_at = plus_ms(now, 250);
+    let retried = grant_ok(&f.locks, &r, &id, retry_at, TTL_MS).await;
+
+    assert_eq!(lock_id_of(&retried), id, "the retry keeps its own hold");
+    assert_eq!(exclusive(&retried), &held(&id, retry_at, TTL_MS));
+    assert!(
+        fence(&retried) > fence(&first),
+        "a granted retry is a new grant: the fence increases ({} then {})",
+        fence(&first),
+        fence(&retried)
+    );
+    assert_eq!(
+        f.count(doc! { "resource": &r }).await,
+        1,
+        "no second document"
+    );
+
+    let other = grant(&f.locks, &r, &new_lock_id(), retry_at, TTL_MS).await;
+    match &other {
+        Ok(None) => {}                                       // nx-27017
+        Err(e) if error_code(e) == Some(DUPLICATE_KEY) => {} // MongoDB
+        other => panic!("another lock id must still be refused: {other:?}"),
+    }
+    let after = f.doc(&r).await;
+    assert_eq!(lock_id_of(&after), id, "the holder keeps the lock");
+    assert_eq!(
+        fence(&after),
+        fence(&retried),
+        "a refused grant leaves the fence"
+    );
+    f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Whole sub-document $set
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn whole_exclusive_set_round_trips_dates_booleans_and_nulls() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("roundtrip");
+    let id = new_lock_id();
+    // A date with a millisecond part: BSON dates keep milliseconds.
+    let created = plus_ms(whole_second(DateTime::now()), 123);
+    let written = held(&id, created, TTL_MS);
+    grant_ok(&f.locks, &r, &id, created, TTL_MS).await;
+
+    let read = f.doc(&r).await;
+    assert_eq!(
+        exclusive(&read),
+        &written,
+        "exclusive reads back as written"
+    );
+    let e = exclusive(&read);
+    assert!(matches!(e.get("createdAt"), Some(Bson::DateTime(t)) if *t == created));
+    assert!(
+        matches!(e.get("expiresAt"), Some(Bson::DateTime(t)) if *t == plus_ms(created, TTL_MS))
+    );
+    assert_eq!(e.get("acquired"), Some(&Bson::Boolean(true)));
+    assert_eq!(e.get("renewedAt"), Some(&Bson::Null));
+
+    release(&f.locks, &id).await;
+    let read = f.doc(&r).await;
+    assert_eq!(
+        exclusive(&read),
+        &released(),
+        "the released form reads back as written"
+    );
+    assert_eq!(
+        exclusive(&read).get("acquired"),
+        Some(&Bson::Boolean(false))
+    );
+    f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Release
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn release_matches_only_the_holders_id_and_keeps_the_document_and_fence() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("release");
+    let holder = new_lock_id();
+    let granted = grant_ok(&f.locks, &r, &holder, DateTime::now(), TTL_MS).await;
+
+    let unknown = release(&f.locks, &new_lock_id()).await;
+    assert_eq!(unknown.matched_count, 0, "an unknown id matches nothing");
+    assert_eq!(f.doc(&r).await, granted, "an unknown id changes nothing");
+
+    let known = release(&f.locks, &holder).await;
+    assert_eq!(known.matched_count, 1, "the holder's id matches its hold");
+    let after = f.doc(&r).await;
+    assert_eq!(exclusive(&after), &released());
+    assert_eq!(fence(&after), fence(&granted), "the fence survives release");
+    assert_eq!(f.count(doc! { "resource": &r }).await, 1, "never deleted");
+    f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Purge
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn purge_clears_expired_holds_only_and_reports_how_many() {
+    let f = Fixture::with_store_indexes().await;
+    let now = DateTime::now();
+    let (expired, live, free) = (
+        resource("p-expired"),
+        resource("p-live"),
+        resource("p-free"),
+    );
+    let live_id = new_lock_id();
+    grant_expired(&f.locks, &expired, now).await;
+    grant_ok(&f.locks, &live, &live_id, now, TTL_MS).await;
+    let free_id = new_lock_id();
+    grant_ok(&f.locks, &free, &free_id, now, TTL_MS).await;
+    release(&f.locks, &free_id).await;
+    let free_before = f.doc(&free).await;
+
+    let purged = purge(&f.locks, now).await;
+
+    assert_eq!(purged.modified_count, 1, "only the expired hold is purged");
+    assert_eq!(exclusive(&f.doc(&expired).await), &released());
+    assert_eq!(lock_id_of(&f.doc(&live).await), live_id, "live holds stay");
+    assert_eq!(
+        f.doc(&free).await,
+        free_before,
+        "released resources are untouched"
+    );
+    assert_eq!(f.count(doc! {}).await, 3, "purge deletes nothing");
+    assert_eq!(purge(&f.locks, now).await.modified_count, 0, "nothing left");
+    f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Renew
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn renew_extends_a_live_hold() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("renew-live");
+    let id = new_lock_id();
+    let created = plus_ms(DateTime::now(), -10_000);
+    let granted = grant_ok(&f.locks, &r, &id, created, TTL_MS).await;
+    let now = DateTime::now();
+
+    let renewed = renew(&f.locks, &id, created, now, TTL_MS)
+        .await
+        .expect("a live hold is renewed");
+
+    let e = exclusive(&renewed);
+    assert_eq!(e.get_datetime("expiresAt"), Ok(&plus_ms(now, TTL_MS)));
+    assert_eq!(e.get_datetime("renewedAt"), Ok(&now));
+    assert_eq!(e.get_datetime("createdAt"), Ok(&created));
+    assert_eq!(e.get_bool("acquired"), Ok(true));
+    assert_eq!(
+        fence(&renewed),
+        fence(&granted),
+        "renewal is not a new grant"
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn renew_matches_nothing_on_an_expired_hold() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("renew-expired");
+    let id = new_lock_id();
+    let now = DateTime::now();
+    let created = plus_ms(now, -60_000);
+    grant_ok(&f.locks, &r, &id, created, TTL_MS).await;
+    let before = f.doc(&r).await;
+
+    let renewed = renew(&f.locks, &id, created, now, TTL_MS).await;
+
+    assert_eq!(renewed, None, "an expired hold cannot be renewed");
+    assert_eq!(f.doc(&r).await, before, "and is left as it was");
+    f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Date comparisons
+// ---------------------------------------------------------------------------------------------
+
+/// Inserts one document per `(label, date)` with the date at `exclusive.expiresAt`.
+async fn insert_expiries(f: &Fixture, dates: &[(&str, DateTime)]) {
+    for (label, t) in dates {
+        f.locks
+            .insert_one(doc! { "resource": *label, "exclusive": { "expiresAt": *t } })
+            .await
+            .expect("insert a dated document");
+    }
+}
+
+/// The labels of the documents whose `exclusive.expiresAt` satisfies `{op: t}`.
+async fn expiring(f: &Fixture, op: &str, t: DateTime) -> BTreeSet<String> {
+    f.locks
+        .find(doc! { "exclusive.expiresAt": { op: t } })
+        .await
+        .expect("find by date")
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("read dated documents")
+        .iter()
+        .map(|d| d.get_str("resource").expect("label").to_owned())
+        .collect()
+}
+
+/// The three routes a date filter can take to the server. nx-27017 translates each to SQL by a
+/// different path, so the store's comparisons are pinned on all three.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// `find` with `{"exclusive.acquired": true, "exclusive.expiresAt": {op: now}}`.
+    Find,
+    /// `updateMany` with the same filter and the released form (for `$lt`: the store's purge).
+    UpdateMany,
+    /// `findOneAndUpdate`, one document at a time: for `$lt` the store's grant (by another lock
+    /// id, with upsert), for `$gt` the store's renew.
+    FindOneAndUpdate,
+}
+
+/// Lease expiries around `now`, in milliseconds: inside and beyond the same whole second.
+const OFFSETS_MS: [i64; 13] = [
+    -1500, -1001, -1000, -999, -500, -1, 0, 1, 500, 999, 1000, 1001, 1500,
+];
+
+/// Grants one lease per offset, written as the store writes it (findOneAndUpdate with upsert),
+/// each expiring at `now + offset`, then asks `route` which ones satisfy `expiresAt {op: now}`.
+/// Answers with the matching offsets. Every probe gets a fresh collection, so each document is
+/// compared in the form the grant's upsert stored it.
+async fn probe(route: Route, op: &str, now: DateTime) -> BTreeSet<i64> {
+    let f = Fixture::with_store_indexes().await;
+    let mut leases = Vec::new();
+    for offset in OFFSETS_MS {
+        let r = resource(&format!("strict{offset}"));
+        let id = new_lock_id();
+        let granted_at = plus_ms(now, offset - TTL_MS);
+        grant_ok(&f.locks, &r, &id, granted_at, TTL_MS).await;
+        leases.push((offset, r, id, granted_at));
+    }
+    let filter = doc! { "exclusive.acquired": true, "exclusive.expiresAt": { op: now } };
+    let resources_of = |docs: Vec<Document>| -> BTreeSet<String> {
+        docs.iter()
+            .map(|d| d.get_str("resource").expect("resource").to_owned())
+            .collect()
+    };
+    let matched: BTreeSet<String> = match route {
+        Route::Find => resources_of(
+            f.locks
+                .find(filter)
+                .await
+                .expect("find by date")
+                .try_collect()
+                .await
+                .expect("read found documents"),
+        ),
+        Route::UpdateMany => {
+            let result = f
+                .locks
+                .update_many(filter, doc! { "$set": { "exclusive": released() } })
+                .await
+                .expect("updateMany by date");
+            let cleared = resources_of(
+                f.locks
+                    .find(doc! { "exclusive.acquired": false })
+                    .await
+                    .expect("find released")
+                    .try_collect()
+                    .await
+                    .expect("read released"),
+            );
+            assert_eq!(
+                result.modified_count,
+                cleared.len() as u64,
+                "updateMany reports exactly the documents it changed"
+            );
+            cleared
+        }
+        Route::FindOneAndUpdate => {
+            let mut matched = BTreeSet::new();
+            for (_, r, id, granted_at) in &leases {
+                let hit = match op {
+                    "$lt" => match grant(&f.locks, r, &new_lock_id(), now, TTL_MS).await {
+                        Ok(Some(_)) => true,
+                        Ok(None) => false,
+                        Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => false,
+                        Err(e) => panic!("grant of {r} failed: {e}"),
+                    },
+                    "$gt" => renew(&f.locks, id, *granted_at, now, TTL_MS)
+                        .await
+                        .is_some(),
+                    _ => unreachable!("the store compares dates with $lt and $gt only"),
+                };
+                if hit {
+                    matched.insert(r.clone());
+                }
+            }
+            matched
+        }
+    };
+    f.cleanup().await;
+    leases
+        .iter()
+        .filter(|(_, r, _, _)| matched.contains(r))
+        .map(|(offset, _, _, _)| *offset)
+        .collect()
+}
+
+/// The store's only date comparisons are strict, against a `now` at any millisecond and leases
+/// expiring at any millisecond (nothing is rounded): "expired" is `expiresAt {$lt: now}` (grant
+/// takeover, purge), "live" is `expiresAt {$gt: now}` (renew). Each may answer "no" for up to 1 s
+/// too long on a server that truncates dates to the whole second (nx-27017), but never "yes"
+/// wrongly: a live lease is never expired, an ended one never live. Beyond 1 s both are exact.
+/// Pinned on find, updateMany and findOneAndUpdate, for `now` at several points of its second.
+#[tokio::test]
+async fn strict_date_comparisons_never_answer_early() {
+    let second = whole_second(DateTime::now());
+    let mut observed = Vec::new();
+    for now in [0, 1, 500, 999].map(|ms| plus_ms(second, ms)) {
+        for route in [Route::Find, Route::UpdateMany, Route::FindOneAndUpdate] {
+            for op in ["$lt", "$gt"] {
+                let matched = probe(route, op, now).await;
+                let truly: BTreeSet<i64> = OFFSETS_MS
+                    .into_iter()
+                    .filter(|o| by_millisecond(op, *o, 0))
+                    .collect();
+                let beyond_a_second: BTreeSet<i64> =
+                    truly.iter().copied().filter(|o| o.abs() > 1000).collect();
+                assert!(
+                    matched.is_subset(&truly),
+                    "{route:?} expiresAt {op} now (now at {now}) matched leases it must not: \
+                     {:?} (offsets from now, ms)",
+                    matched.difference(&truly).collect::<Vec<_>>()
+                );
+                assert!(
+                    beyond_a_second.is_subset(&matched),
+                    "{route:?} expiresAt {op} now (now at {now}) missed leases more than 1 s \
+                     away: {:?} (offsets from now, ms)",
+                    beyond_a_second.difference(&matched).collect::<Vec<_>>()
+                );
+                observed.push((route, op, now, matched));
+            }
+        }
+    }
+    // And precisely: every route answers by the millisecond (MongoDB) or with both sides
+    // truncated to the whole second (nx-27017), consistently, and nothing in between.
+    let fits = |model: DateOrder| {
+        observed.iter().all(|(_, op, now, matched)| {
+            let now = now.timestamp_millis();
+            let expected: BTreeSet<i64> = OFFSETS_MS
+                .into_iter()
+                .filter(|o| model(op, now + o, now))
+                .collect();
+            *matched == expected
+        })
+    };
+    assert!(
+        fits(by_millisecond) || fits(by_whole_second),
+        "strict date comparisons must be exact (MongoDB) or truncated to the second (nx-27017) \
+         on every route, consistently; observed {observed:?}"
+    );
+}
+
+/// How a server orders two dates (as milliseconds since the epoch) under a comparison operator.
+type DateOrder = fn(&str, i64, i64) -> bool;
+
+/// MongoDB: dates compare to the millisecond.
+fn by_millisecond(op: &str, a: i64, b: i64) -> bool {
+    match op {
+        "$lt" => a < b,
+        "$lte" => a <= b,
+        "$gt" => a > b,
+        "$gte" => a >= b,
+        _ => unreachable!("no test uses {op}"),
+    }
+}
+
+/// nx-27017: both sides are truncated to the whole second first.
+fn by_whole_second(op: &str, a: i64, b: i64) -> bool {
+    by_millisecond(op, a.div_euclid(1000), b.div_euclid(1000))
+}
+
+/// Deviation 7: nx-27017 compares dates truncated to the whole second (MongoDB compares
+/// milliseconds). Either behaviour is accepted, applied consistently, and nothing else.
+///
+/// This is also why the store never uses `$lte` or `$gte` on dates (a form it avoids): on a
+/// truncating server they claim equality within the same second, so `t+2ms $lte t` holds there
+/// and a grant filtering on `expiresAt <= now` would take over a live lease up to 999 ms early.
+/// The strict `$lt` and `$gt` are only ever late there (`strict_date_comparisons_never_answer_early`).
+#[tokio::test]
+async fn sub_second_dates_compare_by_millisecond_or_truncated_to_the_second() {
+    let f = Fixture::with_store_indexes().await;
+    let t = whole_second(DateTime::now());
+    let dates = [("t", t), ("t+1ms", plus_ms(t, 1)), ("t+2ms", plus_ms(t, 2))];
+    insert_expiries(&f, &dates).await;
+
+    let expected = |model: DateOrder, op: &str, q: DateTime| -> BTreeSet<String> {
+        dates
+            .iter()
+            .filter(|(_, d)| model(op, d.timestamp_millis(), q.timestamp_millis()))
+            .map(|(label, _)| (*label).to_owned())
+            .collect()
+    };
+
+    let mut observed = Vec::new();
+    for op in ["$lt", "$lte", "$gt", "$gte"] {
+        for (_, q) in dates {
+            observed.push((op, q, expiring(&f, op, q).await));
+        }
+    }
+    let fits = |model: DateOrder| {
+        observed
+            .iter()
+            .all(|(op, q, got)| *got == expected(model, op, *q))
+    };
+    assert!(
+        fits(by_millisecond) || fits(by_whole_second),
+        "date comparisons must be exact (MongoDB) or truncated to the second (nx-27017), \
+         consistently; observed {observed:?}"
+    );
+    f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Server clock
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn hello_reports_local_time_as_a_date_close_to_our_clock() {
+    let client = connect().await;
+    let before = DateTime::now();
+    let hello = client
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .await
+        .expect("hello");
+    let after = DateTime::now();
+
+    let local_time = match hello.get("localTime") {
+        Some(Bson::DateTime(t)) => *t,
+        other => panic!("hello.localTime must be a BSON date, got {other:?}"),
+    };
+    let slack = 5_000;
+    assert!(
+        local_time.timestamp_millis() >= before.timestamp_millis() - slack
+            && local_time.timestamp_millis() <= after.timestamp_millis() + slack,
+        "server clock {local_time} is more than {slack} ms from ours ({before}..{after})"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Reads
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn find_by_resource_and_by_acquired_returns_what_was_written() {
+    let f = Fixture::with_store_indexes().await;
+    let now = DateTime::now();
+    let (a, b, c) = (resource("find-a"), resource("find-b"), resource("find-c"));
+    let a_id = new_lock_id();
+    let c_id = new_lock_id();
+    let granted_a = grant_ok(&f.locks, &a, &a_id, now, TTL_MS).await;
+    let b_id = new_lock_id();
+    grant_ok(&f.locks, &b, &b_id, now, TTL_MS).await;
+    release(&f.locks, &b_id).await;
+    grant_ok(&f.locks, &c, &c_id, now, TTL_MS).await;
+
+    assert_eq!(
+        f.doc(&a).await,
+        granted_a,
+        "find by resource returns the grant"
+    );
+
+    let held: Vec<Document> = f
+        .locks
+        .find(doc! { "exclusive.acquired": true })
+        .await
+        .expect("find held")
+        .try_collect()
+        .await
+        .expect("read held");
+    let held: BTreeSet<(String, String)> = held
+        .iter()
+        .map(|d| {
+            let r = d.get_str("resource").expect("resource").to_owned();
+            (r, lock_id_of(d).to_owned())
+        })
+        .collect();
+    assert_eq!(held, BTreeSet::from([(a, a_id), (c, c_id)]));
+    f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Forms the store avoids (deviations of nx-27017; see docs/compatibility.md)
+// ---------------------------------------------------------------------------------------------
+
+/// `{$set: {"exclusive.expiresAt": t}}` stores a BSON date on MongoDB but a
+/// "YYYY-MM-DD HH:MM:SS" string on nx-27017, and `{$set: {"exclusive.acquired": false}}` reads back
+/// as 0 there. The store sets the whole `exclusive` sub-document instead, which round-trips.
+#[tokio::test]
+async fn dotted_path_set_is_avoided_and_whole_sub_document_set_keeps_types() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("dotted");
+    let id = new_lock_id();
+    let now = DateTime::now();
+    grant_ok(&f.locks, &r, &id, now, TTL_MS).await;
+    let t = plus_ms(whole_second(now), 456);
+
+    f.locks
+        .update_one(
+            doc! { "resource": &r },
+            doc! { "$set": { "exclusive.expiresAt": t, "exclusive.acquired": false } },
+        )
+        .await
+        .expect("dotted-path $set");
+    let dotted = f.doc(&r).await;
+    let e = exclusive(&dotted);
+    // nx-27017 stores Python's str() of the date: "YYYY-MM-DD HH:MM:SS[.ffffff]".
+    let millis = t.timestamp_millis().rem_euclid(1000);
+    let seconds = t.try_to_rfc3339_string().expect("rfc3339")[..19].replace('T', " ");
+    let nx_date = match millis {
+        0 => seconds,
+        ms => format!("{seconds}.{ms:03}000"),
+    };
+    match e.get("expiresAt") {
+        Some(Bson::DateTime(d)) if *d == t => {}     // MongoDB
+        Some(Bson::String(s)) if *s == nx_date => {} // nx-27017
+        other => panic!("dotted date must read back as {t} or {nx_date:?}, got {other:?}"),
+    }
+    match e.get("acquired") {
+        Some(Bson::Boolean(false)) => {}            // MongoDB
+        Some(Bson::Int32(0) | Bson::Int64(0)) => {} // nx-27017
+        other => panic!("dotted boolean must read back as false or 0, got {other:?}"),
+    }
+
+    // What the store relies on: the whole sub-document, set in one piece, keeps every type.
+    let mut whole = held(&id, now, 0);
+    whole.insert("expiresAt", t);
+    whole.insert("acquired", false);
+    f.locks
+        .update_one(
+            doc! { "resource": &r },
+            doc! { "$set": { "exclusive": whole.clone() } },
+        )
+        .await
+        .expect("whole sub-document $set");
+    let read = f.doc(&r).await;
+    assert_eq!(exclusive(&read), &whole);
+    assert_eq!(exclusive(&read).get("expiresAt"), Some(&Bson::DateTime(t)));
+    assert_eq!(
+        exclusive(&read).get("acquired"),
+        Some(&Bson::Boolean(false))
+    );
+    f.cleanup().await;
+}
+
+/// `$setOnInsert` in a findOneAndUpdate upsert is applied by MongoDB and ignored by nx-27017,
+/// so the store never relies on it (the grant's `$inc` creates `fence` on insert by itself).
+#[tokio::test]
+async fn set_on_insert_in_find_one_and_update_is_applied_or_ignored() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("set-on-insert");
+    let inserted = f
+        .locks
+        .find_one_and_update(
+            doc! { "resource": &r },
+            doc! { "$setOnInsert": { "createdBy": "upsert" }, "$inc": { "fence": 1_i64 } },
+        )
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .await
+        .expect("upsert")
+        .expect("upsert returns the new document");
+    match inserted.get("createdBy") {
+        Some(Bson::String(s)) if s == "upsert" => {} // MongoDB
+        None => {}                                   // nx-27017
+        other => panic!("$setOnInsert must be applied or ignored, got {other:?}"),
+    }
+    assert_eq!(fence(&inserted), 1, "$inc on insert creates the field");
+    f.cleanup().await;
+}
+
+/// Pipeline-style updates (`[{$set: ...}]`, needed for `$$NOW`) work on MongoDB and are rejected
+/// by nx-27017, so the store computes `now` on the client, corrected by the server-clock offset.
+#[tokio::test]
+async fn pipeline_update_with_server_now_is_applied_or_rejected() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("pipeline");
+    f.locks
+        .insert_one(doc! { "resource": &r })
+        .await
+        .expect("insert");
+
+    let result = f
+        .locks
+        .update_one(
+            doc! { "resource": &r },
+            vec![doc! { "$set": { "touchedAt": "$$NOW" } }],
+        )
+        .await;
+
+    let read = f.doc(&r).await;
+    match (&result, read.get("touchedAt")) {
+        (Ok(u), Some(Bson::DateTime(_))) if u.modified_count == 1 => {} // MongoDB
+        (Err(_), None) => {}                                            // nx-27017
+        other => panic!("a pipeline update must apply $$NOW or be rejected whole: {other:?}"),
+    }
+    f.cleanup().await;
+}
+
+/// A flat `{resource, $or: [..date..], "shared.count"}` query matches only `resource` on MongoDB;
+/// nx-27017 drops the grouping and also matches another resource's expired hold. The store nests
+/// the `$or` in an `$and`, which both servers read the same.
+#[tokio::test]
+async fn flat_or_beside_other_conditions_is_avoided_and_nested_or_is_exact() {
+    let f = Fixture::with_store_indexes().await;
+    let now = DateTime::now();
+    let (expired, wanted) = (resource("or-expired"), resource("or-missing"));
+    grant_expired(&f.locks, &expired, now).await;
+
+    let matched = |filter: Document| {
+        let locks = f.locks.clone();
+        async move {
+            locks
+                .find(filter)
+                .await
+                .expect("find")
+                .try_collect::<Vec<_>>()
+                .await
+                .expect("read found documents")
+                .iter()
+                .map(|d| d.get_str("resource").expect("resource").to_owned())
+                .collect::<BTreeSet<_>>()
+        }
+    };
+
+    let flat = matched(flat_grant_filter(&wanted, now)).await;
+    assert!(
+        flat.is_empty() || flat == BTreeSet::from([expired.clone()]),
+        "the flat filter must match nothing (MongoDB) or the other expired hold (nx-27017): {flat:?}"
+    );
+    assert_eq!(
+        matched(grant_filter(&wanted, &new_lock_id(), now)).await,
+        BTreeSet::new(),
+        "the store's nested filter matches nothing for a resource with no document"
+    );
+    assert_eq!(
+        matched(grant_filter(&expired, &new_lock_id(), now)).await,
+        BTreeSet::from([expired]),
+        "and matches the expired hold of its own resource"
+    );
+    f.cleanup().await;
+}
