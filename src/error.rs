@@ -82,6 +82,10 @@ pub enum LockError {
         reason: String,
     },
 
+    /// The manager actor is gone (its `Addr` could not deliver the message). Start a new one.
+    #[error("lock manager has stopped")]
+    ManagerStopped,
+
     /// The database could not be reached or refused the request. Transient ones may be retried.
     #[error("database error: {0}")]
     Database(#[from] mongodb::error::Error),

@@ -38,8 +38,11 @@
 
 mod clock;
 mod config;
+mod core;
 mod drain;
 mod error;
+mod guard;
+mod lease;
 mod local;
 mod manager;
 mod messages;
@@ -53,10 +56,11 @@ pub use config::{
     DEFAULT_TTL, DEFAULT_UNLOCK_MAX_RETRIES, DEFAULT_UNLOCK_PERIOD,
 };
 pub use error::LockError;
+pub use guard::LockGuard;
 pub use manager::LockManager;
 pub use messages::{
-    Acquire, Close, Lock, LockGrant, LockId, Polling, ResourceId, Unlock, UnlockOutcome,
-    MAX_RESOURCE_ID_LEN,
+    Acquire, Close, HoldStatus, KeepAlive, LeaseLost, ListHolds, Lock, LockGrant, LockId,
+    LostReason, Polling, Renew, ResourceId, Status, Unlock, UnlockOutcome, MAX_RESOURCE_ID_LEN,
 };
 pub use purger::Purger;
 pub use reply::Reply;

@@ -27,6 +27,7 @@ pub(crate) struct LocalHolds {
 #[derive(Debug, Clone)]
 pub(crate) struct LocalHold {
     pub(crate) resource_id: ResourceId,
+    pub(crate) granted_at: SystemTime,
     pub(crate) expires_at: SystemTime,
 }
 
@@ -34,6 +35,7 @@ impl LocalHolds {
     pub(crate) fn insert(&self, grant: &LockGrant) {
         let hold = LocalHold {
             resource_id: grant.resource_id.clone(),
+            granted_at: grant.granted_at,
             expires_at: grant.expires_at,
         };
         if let Some(previous) = self
@@ -47,6 +49,22 @@ impl LocalHolds {
         self.by_lock
             .borrow_mut()
             .insert(grant.lock_id.clone(), hold);
+    }
+
+    pub(crate) fn get(&self, lock_id: &LockId) -> Option<LocalHold> {
+        self.by_lock.borrow().get(lock_id).cloned()
+    }
+
+    /// Records a renewed lease.
+    pub(crate) fn extend(&self, lock_id: &LockId, expires_at: SystemTime) {
+        if let Some(hold) = self.by_lock.borrow_mut().get_mut(lock_id) {
+            hold.expires_at = expires_at;
+        }
+    }
+
+    /// The ids of every hold granted here and not yet released here.
+    pub(crate) fn lock_ids(&self) -> Vec<LockId> {
+        self.by_lock.borrow().keys().cloned().collect()
     }
 
     /// Forgets `lock_id`; returns its hold if this manager granted it.

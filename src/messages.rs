@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use actix::Message;
+use actix::{Message, Recipient};
 
 use crate::error::LockError;
 
@@ -148,6 +148,8 @@ pub enum UnlockOutcome {
 pub struct Lock {
     /// The resource to lock.
     pub resource_id: String,
+    /// Renew the lease until unlocked; see [`KeepAlive`].
+    pub keep_alive: Option<KeepAlive>,
 }
 
 impl Lock {
@@ -155,7 +157,14 @@ impl Lock {
     pub fn new(resource_id: impl Into<String>) -> Self {
         Lock {
             resource_id: resource_id.into(),
+            keep_alive: None,
         }
+    }
+
+    /// Renew the lease every TTL/3 until unlocked; see [`KeepAlive`].
+    pub fn keep_alive(mut self, keep_alive: KeepAlive) -> Self {
+        self.keep_alive = Some(keep_alive);
+        self
     }
 }
 
@@ -183,6 +192,8 @@ pub struct Acquire {
     pub timeout: Option<Duration>,
     /// How to wait.
     pub polling: Polling,
+    /// Renew the lease until unlocked; see [`KeepAlive`].
+    pub keep_alive: Option<KeepAlive>,
 }
 
 impl Acquire {
@@ -192,7 +203,14 @@ impl Acquire {
             resource_id: resource_id.into(),
             timeout: None,
             polling: Polling::default(),
+            keep_alive: None,
         }
+    }
+
+    /// Renew the lease every TTL/3 until unlocked; see [`KeepAlive`].
+    pub fn keep_alive(mut self, keep_alive: KeepAlive) -> Self {
+        self.keep_alive = Some(keep_alive);
+        self
     }
 
     /// Wait at most `timeout`, then answer [`LockError::AcquireTimeout`].
@@ -229,3 +247,134 @@ impl Unlock {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct Close;
+
+/// Keep-alive for one grant: the manager renews the lease every TTL/3 until the hold is unlocked
+/// (or the manager closes), and tells `notify` at once if the hold is lost.
+///
+/// The loss is told when the server answers that the hold is gone (it expired, was purged or
+/// taken over), or when renewals keep failing and less than one renewal interval of the lease is
+/// left: the holder hears of it before anyone else can be granted the resource, so it can stop
+/// in time. Keep-alive stops after telling.
+///
+/// ```
+/// use actix::prelude::*;
+/// use actix_mongo_lock::{Acquire, KeepAlive, LeaseLost};
+///
+/// struct Worker;
+/// impl Actor for Worker {
+///     type Context = Context<Self>;
+/// }
+/// impl Handler<LeaseLost> for Worker {
+///     type Result = ();
+///     fn handle(&mut self, lost: LeaseLost, _: &mut Context<Self>) {
+///         // Stop writing to the resource: someone else may hold it now.
+///         eprintln!("lost {} ({:?})", lost.resource_id, lost.reason);
+///     }
+/// }
+///
+/// # #[actix_rt::main] async fn main() {
+/// let worker = Worker.start();
+/// let request = Acquire::new("report").keep_alive(KeepAlive::notify(worker.recipient()));
+/// # let _ = request; }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KeepAlive {
+    pub(crate) notify: Option<Recipient<LeaseLost>>,
+}
+
+impl KeepAlive {
+    /// Renew, and log a loss (no one is told).
+    pub fn silent() -> Self {
+        KeepAlive { notify: None }
+    }
+
+    /// Renew, and send [`LeaseLost`] to `recipient` if the hold is lost.
+    pub fn notify(recipient: Recipient<LeaseLost>) -> Self {
+        KeepAlive {
+            notify: Some(recipient),
+        }
+    }
+}
+
+/// Sent to a [`KeepAlive`] recipient when a kept-alive hold is lost.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct LeaseLost {
+    /// The lost hold's id (unlocking it now changes nothing).
+    pub lock_id: LockId,
+    /// The resource.
+    pub resource_id: ResourceId,
+    /// The lost hold's fencing token.
+    pub fence: i64,
+    /// Why.
+    pub reason: LostReason,
+}
+
+/// Why a kept-alive hold was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// The server answered that the hold is gone: it expired, was purged or taken over.
+    Gone,
+    /// Renewals kept failing (the database is unreachable) and the lease is about to end.
+    Unreachable,
+}
+
+/// Extend the lease of a live hold by the configured TTL, from now. Answers
+/// [`LockError::LockLost`] if the hold is not live any more; an expired hold is never revived.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<LockGrant, LockError>")]
+pub struct Renew {
+    /// The id from the [`LockGrant`].
+    pub lock_id: LockId,
+}
+
+impl Renew {
+    /// Renew `lock_id`.
+    pub fn new(lock_id: LockId) -> Self {
+        Renew { lock_id }
+    }
+}
+
+/// Who holds a resource, since when, until when. Never the lock id: knowing it lets one unlock.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<HoldStatus>, LockError>")]
+pub struct Status {
+    /// The resource to look at.
+    pub resource_id: String,
+}
+
+impl Status {
+    /// Look at `resource_id`.
+    pub fn new(resource_id: impl Into<String>) -> Self {
+        Status {
+            resource_id: resource_id.into(),
+        }
+    }
+}
+
+/// Every hold recorded in the lock family's collection (live ones, and expired ones the purger
+/// has not cleared yet), ordered by resource.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<HoldStatus>, LockError>")]
+pub struct ListHolds;
+
+/// A hold as [`Status`] and [`ListHolds`] show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldStatus {
+    /// The resource held.
+    pub resource_id: ResourceId,
+    /// Who holds it (`LockConfig::owner` of the granting manager).
+    pub owner: Option<String>,
+    /// Where the holder runs (`LockConfig::host`).
+    pub host: Option<String>,
+    /// When it was granted (server clock).
+    pub created_at: Option<SystemTime>,
+    /// When it was last renewed, if ever.
+    pub renewed_at: Option<SystemTime>,
+    /// When its lease ends unless renewed.
+    pub expires_at: Option<SystemTime>,
+    /// Its fencing token.
+    pub fence: i64,
+    /// Whether the lease was live when read (server clock).
+    pub live: bool,
+}

@@ -24,7 +24,7 @@ use mongodb::{Client, Collection, IndexModel};
 
 use crate::config::LockConfig;
 use crate::error::LockError;
-use crate::messages::{LockGrant, LockId, ResourceId};
+use crate::messages::{HoldStatus, LockGrant, LockId, ResourceId};
 
 /// MongoDB's duplicate-key error code. Recognised by code, never by message.
 const DUPLICATE_KEY: i32 = 11000;
@@ -187,6 +187,129 @@ impl MongoStore {
         Ok(result.modified_count)
     }
 
+    /// Extends the live hold `lock_id` to `now + ttl`; `Ok(None)` if it is not live. One
+    /// `findOneAndUpdate` when `created_at` (from the grant) is known, else a read first, since
+    /// `exclusive` is always written whole. "Live" is a strict `$gt`, so an expired hold is never
+    /// revived, and a purge (which needs `$lt`) cannot clear a hold renewed before it.
+    pub async fn renew(
+        &self,
+        lock_id: &LockId,
+        created_at: Option<SystemTime>,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>, LockError> {
+        let (owner, host, created_at) = match created_at {
+            Some(created_at) => (self.owner.clone(), self.host.clone(), created_at),
+            None => {
+                let Some(stored) = self
+                    .collection
+                    .find_one(doc! { "exclusive.lockId": lock_id.as_str() })
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
+                (
+                    exclusive.get_str("owner").unwrap_or_default().to_owned(),
+                    exclusive.get_str("host").unwrap_or_default().to_owned(),
+                    read_date(exclusive, "createdAt")?.unwrap_or(now),
+                )
+            }
+        };
+        let renewed_at = DateTime::from_system_time(now).to_system_time();
+        let expires_at = DateTime::from_system_time(now + ttl).to_system_time();
+        let mut exclusive = self.held(lock_id, created_at, Some(renewed_at), expires_at);
+        exclusive.insert("owner", owner);
+        exclusive.insert("host", host);
+        let renewed = self
+            .collection
+            .find_one_and_update(
+                doc! {
+                    "exclusive.lockId": lock_id.as_str(),
+                    "exclusive.acquired": true,
+                    "exclusive.expiresAt": { "$gt": DateTime::from_system_time(now) },
+                },
+                doc! { "$set": { "exclusive": exclusive } },
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        let Some(stored) = renewed else {
+            return Ok(None);
+        };
+        Ok(Some(LockGrant {
+            lock_id: lock_id.clone(),
+            resource_id: self.resource_of(&stored)?,
+            fence: read_fence(&stored)?,
+            granted_at: created_at,
+            expires_at,
+        }))
+    }
+
+    /// The hold on `resource`, if it is held (live or not yet purged).
+    pub async fn status(
+        &self,
+        resource: &ResourceId,
+        now: SystemTime,
+    ) -> Result<Option<HoldStatus>, LockError> {
+        let stored = self
+            .collection
+            .find_one(doc! { "resource": self.stored_name(resource) })
+            .await?;
+        match stored {
+            Some(stored) => self.hold_status(&stored, now),
+            None => Ok(None),
+        }
+    }
+
+    /// Every hold in the collection, ordered by resource.
+    pub async fn list_holds(&self, now: SystemTime) -> Result<Vec<HoldStatus>, LockError> {
+        use futures::TryStreamExt;
+        let stored: Vec<Document> = self
+            .collection
+            .find(doc! { "exclusive.acquired": true })
+            .sort(doc! { "resource": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let mut holds = Vec::with_capacity(stored.len());
+        for document in &stored {
+            holds.extend(self.hold_status(document, now)?);
+        }
+        Ok(holds)
+    }
+
+    fn hold_status(
+        &self,
+        stored: &Document,
+        now: SystemTime,
+    ) -> Result<Option<HoldStatus>, LockError> {
+        let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
+        if exclusive.get_bool("acquired") != Ok(true) {
+            return Ok(None);
+        }
+        let expires_at = read_date(exclusive, "expiresAt")?;
+        Ok(Some(HoldStatus {
+            resource_id: self.resource_of(stored)?,
+            owner: exclusive.get_str("owner").ok().map(str::to_owned),
+            host: exclusive.get_str("host").ok().map(str::to_owned),
+            created_at: read_date(exclusive, "createdAt")?,
+            renewed_at: read_date(exclusive, "renewedAt")?,
+            expires_at,
+            fence: read_fence(stored).unwrap_or(0),
+            live: expires_at.is_some_and(|t| t > now),
+        }))
+    }
+
+    fn resource_of(&self, stored: &Document) -> Result<ResourceId, LockError> {
+        let name = stored.get_str("resource").map_err(corrupt)?;
+        let id = name
+            .strip_prefix(&self.prefix)
+            .ok_or_else(|| LockError::CorruptDocument {
+                reason: format!("resource {name:?} is not of this lock family"),
+            })?;
+        ResourceId::new(id)
+    }
+
     fn stored_name(&self, resource: &ResourceId) -> String {
         format!("{}{}", self.prefix, resource.as_str())
     }
@@ -232,6 +355,22 @@ fn read_fence(stored: &Document) -> Result<i64, LockError> {
         other => Err(LockError::CorruptDocument {
             reason: format!("fence is {other:?}, expected an integer"),
         }),
+    }
+}
+
+fn read_date(document: &Document, key: &str) -> Result<Option<SystemTime>, LockError> {
+    match document.get(key) {
+        Some(Bson::DateTime(t)) => Ok(Some(t.to_system_time())),
+        None | Some(Bson::Null) => Ok(None),
+        Some(other) => Err(LockError::CorruptDocument {
+            reason: format!("{key} is {other:?}, expected a date"),
+        }),
+    }
+}
+
+fn corrupt(e: mongodb::bson::document::ValueAccessError) -> LockError {
+    LockError::CorruptDocument {
+        reason: e.to_string(),
     }
 }
 

@@ -304,21 +304,55 @@ async fn close_answers_every_in_flight_message_and_later_ones_with_closing() {
 
 #[actix_rt::test]
 async fn close_stops_the_purger() {
-    let config = fast_config("close_purger")
-        .ttl(Duration::from_millis(100))
-        .purger_period(Duration::from_millis(100));
+    let config = fast_config("close_purger").purger_period(Duration::from_millis(100));
     let locks = manager(&config).await;
-    locks.send(Lock::new("left")).await.unwrap().unwrap();
     locks.send(Close).await.unwrap();
 
-    // Long enough for several purges, even on a server that sees expiry up to 1 s late.
-    actix_rt::time::sleep(Duration::from_millis(1600)).await;
+    // A hold left behind by a crashed holder, expired long ago: a running purger would clear it.
+    let expired = mongodb::bson::DateTime::from_system_time(
+        std::time::SystemTime::now() - Duration::from_secs(60),
+    );
+    support::server::collection(&config)
+        .await
+        .insert_one(doc! {
+            "resource": format!("{}-left", config.name),
+            "exclusive": {
+                "lockId": "crashed", "owner": "gone", "host": "gone", "comment": Bson::Null,
+                "createdAt": expired, "renewedAt": Bson::Null, "expiresAt": expired,
+                "acquired": true,
+            },
+            "shared": { "count": 0, "locks": [] },
+            "fence": 1_i64,
+        })
+        .await
+        .unwrap();
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
     let left = stored(&config, "left").await.unwrap();
     assert_eq!(
         left.get_document("exclusive").unwrap().get("acquired"),
         Some(&Bson::Boolean(true)),
         "a purger ran after Close"
     );
+}
+
+#[actix_rt::test]
+async fn close_releases_the_holds_still_held() {
+    let config = fast_config("close_releases");
+    let locks = manager(&config).await;
+    let other = manager(&config).await;
+    let kept = locks.send(Lock::new("kept")).await.unwrap().unwrap();
+    let unlocked = locks.send(Lock::new("unlocked")).await.unwrap().unwrap();
+    locks
+        .send(Unlock::new(unlocked.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+
+    locks.send(Close).await.unwrap();
+
+    let next = other.send(Lock::new("kept")).await.unwrap();
+    let next = next.expect("Close released the hold it still had");
+    assert!(next.fence > kept.fence);
 }
 
 #[actix_rt::test]

@@ -1,0 +1,93 @@
+//! Keep-alive: renewing a hold's lease every TTL/3 until it is unlocked, and telling the holder
+//! at once when the hold is lost.
+//!
+//! The rule that makes the signal useful: the holder is told *before* anyone else can be granted
+//! the resource. The server answering "not live" is a loss at once. A renewal that fails (the
+//! database unreachable, or too slow: each try is bounded by the renewal interval) is retried;
+//! once less than one renewal interval of the lease is left, the hold is declared lost, while
+//! the lease still stands. After telling, keep-alive stops renewing: a holder told of a loss
+//! must never find the hold alive again.
+
+use std::future::Future;
+use std::rc::Rc;
+
+use actix::Recipient;
+use tracing::Instrument;
+
+use crate::core::Core;
+use crate::messages::{KeepAlive, LeaseLost, LockGrant, LostReason};
+
+/// Keeps `grant` alive until it is unlocked, lost, or the manager closes.
+pub(crate) fn keep_alive(
+    core: Rc<Core>,
+    grant: LockGrant,
+    keep_alive: KeepAlive,
+) -> impl Future<Output = ()> {
+    let span =
+        tracing::info_span!("keep_alive", resource = %grant.resource_id, lock_id = ?grant.lock_id);
+    renew_until_lost(core, grant, keep_alive).instrument(span)
+}
+
+async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAlive) {
+    let interval = core.config.ttl / 3;
+    let mut expires_at = grant.expires_at;
+    let mut pause = interval;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = core.drain.closing() => return,
+        }
+        let Some(hold) = core.holds.get(&grant.lock_id) else {
+            return; // unlocked, or lost through a Renew message
+        };
+        let renewal = tokio::time::timeout(
+            interval,
+            core.store.renew(
+                &grant.lock_id,
+                Some(hold.granted_at),
+                core.clock.now(),
+                core.config.ttl,
+            ),
+        )
+        .await;
+        match renewal {
+            Ok(Ok(Some(renewed))) => {
+                expires_at = renewed.expires_at;
+                core.holds.extend(&grant.lock_id, expires_at);
+                pause = interval;
+                tracing::trace!("lease renewed");
+            }
+            Ok(Ok(None)) => {
+                // Unlocked while the renewal was on its way: not a loss.
+                if core.holds.remove(&grant.lock_id).is_some() {
+                    core.waiters.wake_head(&grant.resource_id);
+                    tell(&keep_alive.notify, &grant, LostReason::Gone);
+                }
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+            Err(_) => tracing::warn!(?interval, "lease renewal timed out; retrying"),
+        }
+        let left = core.clock.until(expires_at);
+        if left <= interval {
+            if core.holds.get(&grant.lock_id).is_some() {
+                tell(&keep_alive.notify, &grant, LostReason::Unreachable);
+            }
+            return;
+        }
+        // After a failure, try again soon, but never later than the last safe moment.
+        pause = pause.min((left - interval) / 2).max(interval / 8);
+    }
+}
+
+fn tell(notify: &Option<Recipient<LeaseLost>>, grant: &LockGrant, reason: LostReason) {
+    tracing::warn!(?reason, "lease lost");
+    if let Some(recipient) = notify {
+        recipient.do_send(LeaseLost {
+            lock_id: grant.lock_id.clone(),
+            resource_id: grant.resource_id.clone(),
+            fence: grant.fence,
+            reason,
+        });
+    }
+}
