@@ -110,32 +110,27 @@ impl Core {
         lock_id: &LockId,
         wait: &Wait<'_>,
     ) -> Result<LockGrant, WaitEnd> {
-        let mut place: Option<Place> = None;
+        // Take a place in line before the first probe, so arrival order is grant order.
+        let place = self.waiters.join(resource);
         let mut backoff = Backoff::new(self.config.acquire_period);
         let mut retries: u32 = 0;
         loop {
-            // A newcomer goes straight to the database only when nobody here waits before it.
-            let first_in_line = match &place {
-                Some(place) => place.is_head(),
-                None => !self.waiters.is_waited_for(resource),
-            };
             let held_here = self.holds.live_lease(resource, self.clock.now());
-            if first_in_line && held_here.is_none() {
+            if place.is_head() && held_here.is_none() {
                 if let Some(grant) = self.attempt_tolerant(resource, lock_id).await? {
-                    // Leaving the queue wakes the next waiter, which sees the hold and waits.
+                    // Leaving the line wakes the next waiter, which sees the hold and waits.
                     drop(place);
                     return Ok(grant);
                 }
                 retries += 1;
             }
-            let place = place.get_or_insert_with(|| self.waiters.join(resource));
             let pause = match held_here {
                 // Held through this manager: its Unlock wakes us; otherwise its lease ends.
                 Some(expires_at) => self.clock.until(expires_at),
                 None if place.is_head() => backoff.next_pause(),
                 None => wait.remaining(),
             };
-            self.pause(pause, Some(place), wait)
+            self.pause(pause, Some(&place), wait)
                 .await
                 .map_err(|end| match end {
                     WaitEnd::OutOfTime { .. } => WaitEnd::OutOfTime {
@@ -367,27 +362,30 @@ enum WaitEnd {
     Error(LockError),
 }
 
-/// Pauses between the probes of a waiter whose resource is held elsewhere: short at first (a
-/// release often comes soon), doubling up to `acquire_period`, each with random jitter so
-/// waiters in different processes do not probe in step.
+/// Pauses between the probes of a waiter whose resource is held elsewhere: 5 ms at first (a
+/// release often comes soon), doubling up to `acquire_period / 10` (25 ms by default, so a
+/// waiting manager probes a resource at most about 40 times a second), each with random
+/// jitter so waiters in different processes do not probe in step. Waiting on a hold of this
+/// same manager does not probe at all: its release wakes the waiter.
 struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    fn new(max: Duration) -> Self {
+    fn new(acquire_period: Duration) -> Self {
+        let first = Duration::from_millis(5).min(acquire_period);
         Backoff {
-            next: (max / 16).max(Duration::from_millis(1)).min(max),
-            max,
+            next: first,
+            max: (acquire_period / 10).max(first),
         }
     }
 
     fn next_pause(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
-        // Between half and all of `base`; the randomness of a v4 UUID serves as jitter.
+        // From 3/4 to 5/4 of `base`; the randomness of a v4 UUID serves as jitter.
         let fraction = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
-        base.mul_f64(0.5 + fraction / 2.0)
+        base.mul_f64(0.75 + fraction / 2.0)
     }
 }

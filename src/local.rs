@@ -121,11 +121,6 @@ pub(crate) struct Place {
 }
 
 impl LocalWaiters {
-    /// Whether anyone in this manager waits for `resource`.
-    pub(crate) fn is_waited_for(&self, resource: &ResourceId) -> bool {
-        self.queues.borrow().contains_key(resource)
-    }
-
     /// Joins the back of `resource`'s queue.
     pub(crate) fn join(self: &Rc<Self>, resource: &ResourceId) -> Place {
         let id = self.next_id.get();

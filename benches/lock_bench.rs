@@ -1,0 +1,678 @@
+//! The lock manager against the database's own round trip, every figure beside a baseline
+//! measured in the same run (the machines are shared and noisy, so only ratios mean much).
+//!
+//! ```text
+//! scripts/with-mongo cargo bench --bench lock_bench            # table on stdout
+//! BENCH_JSON=path.json scripts/with-mongo cargo bench --bench lock_bench
+//! ```
+//!
+//! Rows: B (one raw findOneAndUpdate), uncontended Lock and Lock+Unlock, local hand-off
+//! (8 waiters in one manager), cross-process hand-off (2 managers in 2 processes, with the
+//! database requests a waiting manager makes per second), throughput on 1 and 1,000 resources
+//! against raw findOneAndUpdate throughput, the seed's fixed 250 ms polling for comparison, and
+//! resident memory per waiting Acquire. The cross-process rows start this binary again as a
+//! child (`--child NAME`).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::Addr;
+use actix_mongo_lock::{Acquire, Close, Lock, LockConfig, LockError, LockManager, Polling, Unlock};
+use mongodb::bson::{doc, Document};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection};
+
+const DATABASE: &str = "actix_mongo_lock_bench";
+
+fn uri() -> String {
+    std::env::var("MONGODB_URI")
+        .expect("MONGODB_URI is not set: run `scripts/with-mongo cargo bench --bench lock_bench`")
+}
+
+/// A client that counts the findAndModify commands it sends.
+async fn counting_client(counter: Arc<AtomicU64>) -> Client {
+    let mut options = ClientOptions::parse(uri())
+        .await
+        .expect("MONGODB_URI parses");
+    options.command_event_handler = Some(EventHandler::callback(move |event| {
+        if let CommandEvent::Started(started) = event {
+            if started.command_name == "findAndModify" {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }));
+    Client::with_options(options).expect("client options are valid")
+}
+
+fn family(name: &str) -> String {
+    format!(
+        "bench_{name}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn config(name: &str) -> LockConfig {
+    LockConfig::new(family(name))
+        .database(DATABASE)
+        .ttl(Duration::from_secs(30))
+}
+
+async fn start(config: &LockConfig, counter: Arc<AtomicU64>) -> Addr<LockManager> {
+    LockManager::start(counting_client(counter).await, config.clone())
+        .await
+        .expect("start a lock manager")
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((samples.len() - 1) as f64 * p).round() as usize;
+    samples[index]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One row of the table.
+struct Row {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline: Option<(f64, &'static str)>,
+    target: String,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        self.baseline.map(|(b, _)| self.value / b)
+    }
+}
+
+#[derive(Default)]
+struct Table(Vec<Row>);
+
+impl Table {
+    fn add(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        baseline: Option<(f64, &'static str)>,
+        target: &str,
+    ) {
+        let row = Row {
+            name: name.to_owned(),
+            value,
+            unit,
+            baseline,
+            target: target.to_owned(),
+        };
+        eprintln!("  {:<58} {:>10.3} {}", row.name, row.value, row.unit);
+        self.0.push(row);
+    }
+
+    fn print(&self) {
+        println!("\n| measure | value | baseline | ratio | target |");
+        println!("|---|---|---|---|---|");
+        for row in &self.0 {
+            let baseline = row
+                .baseline
+                .map_or("".to_owned(), |(b, name)| format!("{b:.3} ({name})"));
+            let ratio = row.ratio().map_or("".to_owned(), |r| format!("{r:.2}"));
+            println!(
+                "| {} | {:.3} {} | {} | {} | {} |",
+                row.name, row.value, row.unit, baseline, ratio, row.target
+            );
+        }
+    }
+
+    fn json(&self) -> String {
+        let rows: Vec<String> = self
+            .0
+            .iter()
+            .map(|row| {
+                let (baseline, ratio) = match (row.baseline, row.ratio()) {
+                    (Some((b, name)), Some(r)) => (format!("{b}, \"baseline_name\": \"{name}\""), format!("{r}")),
+                    _ => ("null".to_owned(), "null".to_owned()),
+                };
+                format!(
+                    "  {{\"measure\": \"{}\", \"value\": {}, \"unit\": \"{}\", \"baseline\": {baseline}, \"ratio\": {ratio}, \"target\": \"{}\"}}",
+                    row.name, row.value, row.unit, row.target
+                )
+            })
+            .collect();
+        format!("[\n{}\n]\n", rows.join(",\n"))
+    }
+}
+
+/// One raw findOneAndUpdate of the grant's exact shape (the store's filter and update, with
+/// the lock id branch matching, so it succeeds every time), straight through the driver.
+async fn raw_grant(collection: &Collection<Document>, resource: &str) {
+    let now = mongodb::bson::DateTime::now();
+    let lock_id = format!("raw-{resource}");
+    collection
+        .find_one_and_update(
+            doc! {
+                "resource": resource,
+                "shared.count": 0,
+                "$and": [{ "$or": [
+                    { "exclusive.acquired": false },
+                    { "exclusive.expiresAt": { "$lt": now } },
+                    { "exclusive.lockId": &lock_id },
+                ] }],
+            },
+            doc! {
+                "$set": {
+                    "exclusive": {
+                        "lockId": &lock_id, "owner": "bench", "host": "bench", "comment": null,
+                        "createdAt": now, "renewedAt": null, "expiresAt": now, "acquired": true,
+                    },
+                    "shared": { "count": 0, "locks": [] },
+                },
+                "$inc": { "fence": 1_i64 },
+            },
+        )
+        .upsert(true)
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await
+        .expect("raw findOneAndUpdate");
+}
+
+/// B: the median round trip of one raw grant-shaped findOneAndUpdate.
+async fn raw_round_trip(collection: &Collection<Document>, samples: usize) -> Duration {
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples + 20 {
+        let started = Instant::now();
+        raw_grant(collection, "raw").await;
+        if i >= 20 {
+            times.push(started.elapsed());
+        }
+    }
+    percentile(&mut times, 0.5)
+}
+
+/// Raw findOneAndUpdate throughput of `tasks` concurrent tasks, each on `resources` documents.
+async fn raw_throughput(
+    collection: &Collection<Document>,
+    tasks: usize,
+    resources: usize,
+    run: Duration,
+) -> f64 {
+    let done = Rc::new(Cell::new(0u64));
+    let deadline = Instant::now() + run;
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let (collection, done) = (collection.clone(), Rc::clone(&done));
+        handles.push(actix_rt::spawn(async move {
+            let mut i = task;
+            while Instant::now() < deadline {
+                let resource = format!("raw-{}", i % resources);
+                i += tasks;
+                raw_grant(&collection, &resource).await;
+                done.set(done.get() + 1);
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("raw task");
+    }
+    done.get() as f64 / run.as_secs_f64()
+}
+
+/// Median of an uncontended Lock, and of Lock+Unlock, on fresh resources.
+async fn uncontended(manager: &Addr<LockManager>, samples: usize) -> (Duration, Duration) {
+    let mut locks = Vec::with_capacity(samples);
+    let mut pairs = Vec::with_capacity(samples);
+    for i in 0..samples + 20 {
+        let started = Instant::now();
+        let grant = manager
+            .send(Lock::new(format!("u-{}", i % 50)))
+            .await
+            .unwrap()
+            .expect("uncontended Lock");
+        let locked = started.elapsed();
+        manager
+            .send(Unlock::new(grant.lock_id))
+            .await
+            .unwrap()
+            .expect("Unlock");
+        if i >= 20 {
+            locks.push(locked);
+            pairs.push(started.elapsed());
+        }
+    }
+    (percentile(&mut locks, 0.5), percentile(&mut pairs, 0.5))
+}
+
+/// `waiters` callers in one manager take turns on one resource; the time from each Unlock's
+/// reply to the next grant's reply to another caller (a grant back to the releasing caller is
+/// not a hand-off and ends that sample).
+async fn local_hand_off(
+    manager: &Addr<LockManager>,
+    waiters: usize,
+    grants: usize,
+    polling: Polling,
+) -> Vec<Duration> {
+    // (when, caller, is_grant)
+    let events: Rc<RefCell<Vec<(Instant, usize, bool)>>> = Rc::default();
+    let remaining = Rc::new(Cell::new(grants));
+    let mut handles = Vec::new();
+    for caller in 0..waiters {
+        let (manager, events, remaining) =
+            (manager.clone(), Rc::clone(&events), Rc::clone(&remaining));
+        handles.push(actix_rt::spawn(async move {
+            while remaining.get() > 0 {
+                let mut request = Acquire::new("handoff").timeout(Duration::from_secs(30));
+                request.polling = polling;
+                let grant = manager
+                    .send(request)
+                    .await
+                    .unwrap()
+                    .expect("hand-off Acquire");
+                events.borrow_mut().push((Instant::now(), caller, true));
+                remaining.set(remaining.get().saturating_sub(1));
+                manager
+                    .send(Unlock::new(grant.lock_id))
+                    .await
+                    .unwrap()
+                    .expect("Unlock");
+                events.borrow_mut().push((Instant::now(), caller, false));
+                // Think time, so the resource is waited for by the others when it is released.
+                actix_rt::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("waiter");
+    }
+    let mut events = events.take();
+    events.sort_by_key(|(at, _, _)| *at);
+    let mut hand_offs = Vec::new();
+    let mut released: Option<(Instant, usize)> = None;
+    for (at, caller, is_grant) in events {
+        match (is_grant, released.take()) {
+            (true, Some((released_at, by))) if by != caller => hand_offs.push(at - released_at),
+            (false, _) => released = Some((at, caller)),
+            _ => {}
+        }
+    }
+    hand_offs
+}
+
+/// `workers` loops of Acquire+Unlock over `resources` resources for `run`; grants per second.
+async fn lock_throughput(
+    manager: &Addr<LockManager>,
+    workers: usize,
+    resources: usize,
+    run: Duration,
+) -> (f64, u64) {
+    let granted = Rc::new(Cell::new(0u64));
+    let lost = Rc::new(Cell::new(0u64));
+    let deadline = Instant::now() + run;
+    let mut handles = Vec::new();
+    for worker in 0..workers {
+        let (manager, granted, lost) = (manager.clone(), Rc::clone(&granted), Rc::clone(&lost));
+        handles.push(actix_rt::spawn(async move {
+            let mut i = worker * 7919;
+            while Instant::now() < deadline {
+                let resource = format!("t-{}", i % resources);
+                i += 104_729;
+                match manager
+                    .send(Acquire::new(resource).timeout(Duration::from_secs(30)))
+                    .await
+                    .unwrap()
+                {
+                    Ok(grant) => {
+                        granted.set(granted.get() + 1);
+                        manager
+                            .send(Unlock::new(grant.lock_id))
+                            .await
+                            .unwrap()
+                            .expect("Unlock");
+                    }
+                    Err(_) => lost.set(lost.get() + 1),
+                }
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("worker");
+    }
+    (granted.get() as f64 / run.as_secs_f64(), lost.get())
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Resident growth per waiting Acquire, over `count` of them on one held resource.
+async fn memory_per_waiter(count: usize) -> f64 {
+    let config = config("memory");
+    let manager = start(&config, Arc::default()).await;
+    manager
+        .send(Lock::new("held"))
+        .await
+        .unwrap()
+        .expect("hold the resource");
+    let before = resident_bytes();
+    let mut pending = Vec::with_capacity(count);
+    for _ in 0..count {
+        pending.push(manager.send(Acquire::new("held").timeout(Duration::from_secs(60))));
+    }
+    let waiting = futures::future::join_all(pending);
+    let measure = async {
+        actix_rt::time::sleep(Duration::from_secs(3)).await;
+        resident_bytes()
+    };
+    let (after, closed) = futures::future::join(measure, async {
+        actix_rt::time::sleep(Duration::from_secs(4)).await;
+        manager.send(Close).await
+    })
+    .await;
+    closed.expect("Close");
+    let answers = waiting.await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(Err(LockError::Closing)))),
+        "every waiter ends with Closing"
+    );
+    after.saturating_sub(before) as f64 / count as f64
+}
+
+/// The child of the cross-process rows: one worker taking turns on `resource` for `seconds`,
+/// printing `GRANT <unix_us> <waited_us>` and `RELEASE <unix_us>` lines and, at the end,
+/// `PROBES <findAndModify commands> <grants> <waiting_us>`.
+async fn child(family_name: String, polling: Polling, seconds: u64) {
+    let probes = Arc::new(AtomicU64::new(0));
+    let config = LockConfig::new(family_name)
+        .database(DATABASE)
+        .ttl(Duration::from_secs(30));
+    let manager = start(&config, Arc::clone(&probes)).await;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let unix_us = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    };
+    let (mut grants, mut waiting) = (0u64, Duration::ZERO);
+    while Instant::now() < deadline {
+        let mut request = Acquire::new("cross").timeout(Duration::from_secs(10));
+        request.polling = polling;
+        let asked = Instant::now();
+        let Ok(grant) = manager.send(request).await.unwrap() else {
+            continue;
+        };
+        let waited = asked.elapsed();
+        waiting += waited;
+        grants += 1;
+        println!("GRANT {} {}", unix_us(), waited.as_micros());
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+        manager
+            .send(Unlock::new(grant.lock_id))
+            .await
+            .unwrap()
+            .expect("Unlock");
+        println!("RELEASE {}", unix_us());
+        // Think time, so the other process's waiter gets its turn.
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    manager.send(Close).await.expect("Close");
+    println!(
+        "PROBES {} {} {}",
+        probes.load(Ordering::Relaxed),
+        grants,
+        waiting.as_micros()
+    );
+}
+
+/// Cross-process hand-off: two children alternate on one resource. Returns the hand-off times
+/// (from one process's release to the other's grant) and the probes per second a waiting
+/// manager made (findAndModify commands beyond its grants, per second spent waiting).
+fn cross_process(polling: Polling, seconds: u64) -> (Vec<Duration>, f64) {
+    let family_name = family("cross");
+    let exe = std::env::current_exe().expect("the bench binary");
+    let polling_name = if polling == Polling::Fixed {
+        "fixed"
+    } else {
+        "adaptive"
+    };
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["--child", &family_name, polling_name, &seconds.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start the child")
+        })
+        .collect();
+    let mut events = Vec::new(); // (unix_us, process, is_grant)
+    let (mut wasted, mut waiting_us) = (0u64, 0u64);
+    for (process, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().expect("child runs");
+        assert!(output.status.success(), "child failed: {output:?}");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields[..] {
+                ["GRANT", at, _] => events.push((at.parse::<u128>().unwrap(), process, true)),
+                ["RELEASE", at] => events.push((at.parse::<u128>().unwrap(), process, false)),
+                ["PROBES", probes, grants, waited] => {
+                    wasted += probes.parse::<u64>().unwrap() - grants.parse::<u64>().unwrap();
+                    waiting_us += waited.parse::<u64>().unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+    events.sort();
+    let mut hand_offs = Vec::new();
+    let mut last_release: Option<(u128, usize)> = None;
+    for (at, process, is_grant) in events {
+        if is_grant {
+            if let Some((released, by)) = last_release.take() {
+                if by != process && at >= released {
+                    hand_offs.push(Duration::from_micros((at - released) as u64));
+                }
+            }
+        } else {
+            last_release = Some((at, process));
+        }
+    }
+    // Each process waits in turn; probes per second of one manager's waiting.
+    let per_second = wasted as f64 / (waiting_us as f64 / 1e6).max(1e-9);
+    (hand_offs, per_second)
+}
+
+/// Runs [`memory_per_waiter`] in a fresh process, so earlier rows' heap does not hide growth.
+fn memory_in_fresh_process(count: usize) -> f64 {
+    let exe = std::env::current_exe().expect("the bench binary");
+    let output = std::process::Command::new(exe)
+        .args(["--child-memory", &count.to_string()])
+        .output()
+        .expect("start the memory child");
+    assert!(output.status.success(), "memory child failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("the memory child prints bytes per waiter")
+}
+
+#[actix_rt::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child-memory") {
+        println!("{}", memory_per_waiter(args[i + 1].parse().unwrap()).await);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let polling = if args[i + 2] == "fixed" {
+            Polling::Fixed
+        } else {
+            Polling::Adaptive
+        };
+        child(args[i + 1].clone(), polling, args[i + 3].parse().unwrap()).await;
+        return;
+    }
+    let quick = std::env::var("BENCH_QUICK").is_ok();
+    let samples = if quick { 100 } else { 400 };
+    let run = Duration::from_secs(if quick { 2 } else { 5 });
+    let mut table = Table::default();
+    eprintln!("lock_bench against {}", uri());
+
+    let raw = Client::with_uri_str(uri()).await.expect("client");
+    let raw_collection = raw
+        .database(DATABASE)
+        .collection::<Document>(&family("raw"));
+    let b = ms(raw_round_trip(&raw_collection, samples).await);
+    table.add(
+        "B: raw findOneAndUpdate (the grant's shape), median",
+        b,
+        "ms",
+        None,
+        "baseline",
+    );
+
+    let manager = start(&config("uncontended"), Arc::default()).await;
+    let (lock, pair) = uncontended(&manager, samples).await;
+    table.add(
+        "Lock, uncontended, median",
+        ms(lock),
+        "ms",
+        Some((b, "B")),
+        "<= 1.15",
+    );
+    table.add(
+        "Lock+Unlock, uncontended, median",
+        ms(pair),
+        "ms",
+        Some((2.0 * b, "2B")),
+        "<= 1.15 (2.3 x B)",
+    );
+
+    let grants = if quick { 100 } else { 400 };
+    for (polling, label) in [
+        (Polling::Adaptive, "adaptive"),
+        (Polling::Fixed, "seed fixed 250 ms"),
+    ] {
+        let manager = start(&config("local"), Arc::default()).await;
+        let grants = if polling == Polling::Fixed {
+            grants / 10
+        } else {
+            grants
+        };
+        let mut hand_offs = local_hand_off(&manager, 8, grants, polling).await;
+        let p50 = ms(percentile(&mut hand_offs, 0.5));
+        let p99 = ms(percentile(&mut hand_offs, 0.99));
+        let target = if polling == Polling::Adaptive {
+            "<= 2"
+        } else {
+            "comparison"
+        };
+        table.add(
+            &format!("local hand-off, 8 waiters, p50 ({label})"),
+            p50,
+            "ms",
+            Some((b, "B")),
+            target,
+        );
+        table.add(
+            &format!("local hand-off, 8 waiters, p99 ({label})"),
+            p99,
+            "ms",
+            Some((b, "B")),
+            "",
+        );
+    }
+
+    let seconds = if quick { 3 } else { 8 };
+    for (polling, label) in [
+        (Polling::Adaptive, "adaptive"),
+        (Polling::Fixed, "seed fixed 250 ms"),
+    ] {
+        let (mut hand_offs, probes) = cross_process(polling, seconds);
+        let p50 = ms(percentile(&mut hand_offs, 0.5));
+        let p99 = ms(percentile(&mut hand_offs, 0.99));
+        let target = if polling == Polling::Adaptive {
+            "<= 10"
+        } else {
+            "comparison"
+        };
+        table.add(
+            &format!(
+                "cross-process hand-off, p50 ({label}, n={})",
+                hand_offs.len()
+            ),
+            p50,
+            "ms",
+            Some((b, "B")),
+            target,
+        );
+        table.add(
+            &format!("cross-process hand-off, p99 ({label})"),
+            p99,
+            "ms",
+            Some((b, "B")),
+            "",
+        );
+        table.add(
+            &format!("probes per second per waiting manager ({label})"),
+            probes,
+            "req/s",
+            None,
+            if polling == Polling::Adaptive {
+                "<= 40"
+            } else {
+                ""
+            },
+        );
+    }
+
+    let raw_one = raw_throughput(&raw_collection, 16, 1, run).await;
+    let raw_many = raw_throughput(&raw_collection, 16, 1000, run).await;
+    let manager = start(&config("throughput"), Arc::default()).await;
+    let (one, lost_one) = lock_throughput(&manager, 16, 1, run).await;
+    let (many, lost_many) = lock_throughput(&manager, 16, 1000, run).await;
+    table.add(
+        &format!("throughput, 16 workers, 1 resource ({lost_one} lost)"),
+        one,
+        "grants/s",
+        Some((raw_one, "raw, 16 tasks, 1 doc")),
+        "reported; no grant lost",
+    );
+    table.add(
+        &format!("throughput, 16 workers, 1,000 resources ({lost_many} lost)"),
+        many,
+        "grants/s",
+        Some((raw_many, "raw, 16 tasks, 1,000 docs")),
+        ">= 0.4",
+    );
+
+    let per_waiter = memory_in_fresh_process(if quick { 2000 } else { 10_000 });
+    table.add(
+        "resident growth per waiting Acquire",
+        per_waiter,
+        "bytes",
+        None,
+        "<= 2048",
+    );
+
+    table.print();
+    let path = std::env::var("BENCH_JSON").unwrap_or_else(|_| "target/lock_bench.json".to_owned());
+    std::fs::write(&path, table.json()).expect("write the JSON");
+    eprintln!("wrote {path}");
+}
