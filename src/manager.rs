@@ -72,6 +72,26 @@ impl LockManager {
         Ok(LockManager { core, purger: None }.start())
     }
 
+    /// Closes every manager in `managers` (the drain of [`Close`]), then stops the actix
+    /// System: the way to stop a System without dropping answers. Stopping the System
+    /// directly ends the arbiters with whatever is in flight.
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: actix::Addr<actix_mongo_lock::LockManager>) {
+    /// use actix_mongo_lock::LockManager;
+    /// LockManager::close_and_stop_system([&manager]).await;
+    /// # }
+    /// ```
+    pub async fn close_and_stop_system<'a>(managers: impl IntoIterator<Item = &'a Addr<Self>>) {
+        let closes = managers.into_iter().map(|manager| manager.send(Close));
+        for closed in futures::future::join_all(closes).await {
+            if closed.is_err() {
+                tracing::debug!("a manager had already stopped");
+            }
+        }
+        System::current().stop();
+    }
+
     /// Connects to `uri` with the official driver, then [`start`](Self::start)s.
     pub async fn connect(uri: &str, config: LockConfig) -> Result<Addr<Self>, LockError> {
         config.validate()?;
@@ -96,12 +116,11 @@ impl Actor for LockManager {
         );
     }
 
-    /// Stopped without `Close` (every `Addr` dropped): the drain still runs. Messages in flight
-    /// are detached futures that finish and answer; waits end with `Closing`.
+    /// Stopped without `Close` (every `Addr` dropped): the drain still runs, detached. Messages
+    /// in flight are futures of their own that finish and answer; waits end with `Closing`.
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        self.core.drain.begin_close();
         if let Some(purger) = self.purger.take() {
-            purger.do_send(StopPurger);
+            actix_rt::spawn(close(Rc::clone(&self.core), Some(purger)));
         }
         Running::Stop
     }
@@ -203,26 +222,25 @@ impl Handler<Close> for LockManager {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Close, _: &mut Self::Context) -> Self::Result {
-        let core = Rc::clone(&self.core);
-        let drain = Rc::clone(&self.core.drain);
-        let purger = self.purger.take();
         Box::pin(
-            async move {
-                drain.begin_close();
-                drain.idle().await;
-                // The first Close releases what is still held and stops the purger; any other
-                // waits for it to finish.
-                if let Some(purger) = purger {
-                    core.release_all_local().await;
-                    if purger.send(StopPurger).await.is_err() {
-                        tracing::debug!("purger had already stopped");
-                    }
-                    drain.finish_close();
-                }
-                drain.closed().await;
-                tracing::info!("lock manager closed");
-            }
-            .instrument(tracing::info_span!("close")),
+            close(Rc::clone(&self.core), self.purger.take())
+                .instrument(tracing::info_span!("close")),
         )
     }
+}
+
+/// The drain. The first caller (holding the purger) releases what is still held here and stops
+/// the purger once every accepted message is answered; any other caller waits for it.
+async fn close(core: Rc<Core>, purger: Option<Addr<Purger>>) {
+    core.drain.begin_close();
+    core.drain.idle().await;
+    if let Some(purger) = purger {
+        core.release_all_local().await;
+        if purger.send(StopPurger).await.is_err() {
+            tracing::debug!("purger had already stopped");
+        }
+        core.drain.finish_close();
+        tracing::info!("lock manager closed");
+    }
+    core.drain.closed().await;
 }

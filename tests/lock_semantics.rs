@@ -425,3 +425,50 @@ async fn an_invalid_configuration_is_refused_before_any_request() {
         "a refused configuration created {names:?}"
     );
 }
+
+#[actix_rt::test]
+async fn dropping_every_address_still_drains_and_releases() {
+    let config = fast_config("dropped");
+    let other = manager(&config).await;
+    let locks = manager(&config).await;
+    let held = locks.send(Lock::new("kept")).await.unwrap().unwrap();
+    let busy = other.send(Lock::new("busy")).await.unwrap().unwrap();
+    let waiting = locks.send(Acquire::new("busy").timeout(Duration::from_secs(30)));
+
+    drop(locks);
+    let answer = waiting.await.expect("an accepted Acquire is answered");
+    assert!(matches!(answer, Err(LockError::Closing)), "{answer:?}");
+
+    let next = other
+        .send(Acquire::new("kept").timeout(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let next = next.expect("the stopped manager released its hold");
+    assert!(next.fence > held.fence);
+    other
+        .send(Unlock::new(busy.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn close_and_stop_system_answers_every_message_first() {
+    let config = fast_config("stop_system");
+    let holder = manager(&config).await;
+    let locks = manager(&config).await;
+    holder.send(Lock::new("busy")).await.unwrap().unwrap();
+    let waiting: Vec<_> = (0..10)
+        .map(|_| locks.send(Acquire::new("busy").timeout(Duration::from_secs(30))))
+        .collect();
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+
+    LockManager::close_and_stop_system([&locks, &holder]).await;
+
+    for answer in futures::future::join_all(waiting).await {
+        let answer = answer.expect("answered before the System stopped");
+        assert!(matches!(answer, Err(LockError::Closing)), "{answer:?}");
+    }
+    let after = holder.send(Lock::new("later")).await.unwrap();
+    assert!(matches!(after, Err(LockError::Closing)), "{after:?}");
+}
