@@ -394,7 +394,8 @@ async fn memory_per_waiter(count: usize) -> f64 {
     after.saturating_sub(before) as f64 / count as f64
 }
 
-/// The child of the cross-process rows: one worker taking turns on `resource` for `seconds`,
+/// The child of the cross-process rows: one worker taking turns on `resource` for `seconds`
+/// (hold 20 ms, then think 300 ms),
 /// printing `GRANT <unix_us> <waited_us>` and `RELEASE <unix_us>` lines and, at the end,
 /// `PROBES <findAndModify commands> <grants> <waiting_us>`.
 async fn child(family_name: String, polling: Polling, seconds: u64) {
@@ -599,7 +600,7 @@ async fn main() {
         );
     }
 
-    let seconds = if quick { 3 } else { 8 };
+    let seconds = if quick { 4 } else { 12 };
     for (polling, label) in [
         (Polling::Adaptive, "adaptive"),
         (Polling::Fixed, "seed fixed 250 ms"),

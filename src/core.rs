@@ -40,7 +40,7 @@ impl Core {
         let lock_id = LockId::generate();
         tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
         match self.attempt(&resource, &lock_id).await {
-            Ok(Some(grant)) => Ok(self.deliver(grant, caller, msg.keep_alive)),
+            Ok(Some(grant)) => self.deliver(grant, caller, msg.keep_alive),
             Ok(None) => Err(LockError::AlreadyLocked {
                 resource_id: resource.to_string(),
             }),
@@ -66,7 +66,7 @@ impl Core {
             Polling::Adaptive => self.acquire_adaptive(&resource, &lock_id, &wait).await,
         };
         match result {
-            Ok(grant) => Ok(self.deliver(grant, caller, msg.keep_alive)),
+            Ok(grant) => self.deliver(grant, caller, msg.keep_alive),
             Err(WaitEnd::Error(e)) => Err(self.abandon(lock_id, e)),
             Err(WaitEnd::OutOfTime { retries }) => Err(match msg.timeout {
                 None => LockError::AcquireMaxRetries {
@@ -204,13 +204,19 @@ impl Core {
     }
 
     /// Hands a grant to its caller (starting its keep-alive if asked), or releases it at once
-    /// if the caller has gone away.
+    /// if the caller has gone away or the manager is closing.
     fn deliver(
         self: &Rc<Self>,
         grant: LockGrant,
         caller: &Caller,
         keep_alive: Option<KeepAlive>,
-    ) -> LockGrant {
+    ) -> Result<LockGrant, LockError> {
+        if self.drain.is_closing() {
+            // Close releases what is held here; a grant made meanwhile must not look alive.
+            tracing::debug!("granted while closing; releasing it");
+            self.release_in_background(grant.lock_id);
+            return Err(LockError::Closing);
+        }
         if caller.is_gone() {
             tracing::debug!("caller left before the grant; releasing it");
             self.release_in_background(grant.lock_id.clone());
@@ -221,7 +227,7 @@ impl Core {
                 keep_alive,
             ));
         }
-        grant
+        Ok(grant)
     }
 
     /// After a failed grant whose outcome is unknown (the reply may have been lost), releases

@@ -50,6 +50,11 @@ impl Drain {
         Ok(InFlight(Rc::clone(self)))
     }
 
+    /// Whether closing has begun.
+    pub(crate) fn is_closing(&self) -> bool {
+        *self.state.borrow() != State::Open
+    }
+
     /// Resolves once closing begins (at once if it has).
     pub(crate) async fn closing(&self) {
         let mut state = self.state.subscribe();
