@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::LockError;
 use crate::store::{ClockOffset, MongoStore};
 
-/// The local wall clock a manager reads; see [`LockConfig::clock`].
+/// The local wall clock a manager reads; see [`LockConfig::clock`](crate::LockConfig::clock).
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
