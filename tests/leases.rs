@@ -342,7 +342,9 @@ async fn skewed_managers_never_overlap_an_honest_one() {
                         .unwrap()
                     {
                         UnlockOutcome::Released => history.released(id, sent, SystemTime::now()),
-                        UnlockOutcome::NotHeld => history.lost(id, sent),
+                        UnlockOutcome::NotHeld | UnlockOutcome::Unconfirmed => {
+                            history.lost(id, sent)
+                        }
                     }
                 }
             }));

@@ -5,6 +5,8 @@
 // given binary leaves unused would otherwise warn as dead code.
 #![allow(dead_code)]
 
+pub mod contender;
 pub mod history;
+pub mod nx;
 pub mod proxy;
 pub mod server;

@@ -1,0 +1,132 @@
+//! Runs `src/bin/lock-contender` processes and reads what they print.
+//!
+//! Each contender prints one `HOLD` line per hold it saw (see the binary's docs) and a last
+//! `DONE <process> <grants> <refusals>` line. [`ContenderRun::record`] feeds the holds into a
+//! [`History`], so holds seen by several processes are checked together.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::history::History;
+
+/// The `lock-contender` flags.
+#[derive(Clone, Debug)]
+pub struct Contender {
+    pub name: String,
+    pub process: String,
+    pub workers: usize,
+    pub resources: usize,
+    pub seconds: u64,
+    pub ttl_ms: u64,
+    pub hold_ms: u64,
+}
+
+impl Contender {
+    /// Starts `binary` (pass `env!("CARGO_BIN_EXE_lock-contender")`) against `uri`, with its
+    /// stdout and stderr piped.
+    pub fn spawn(&self, binary: &str, uri: &str) -> Child {
+        Command::new(binary)
+            .args(["--name", &self.name, "--process", &self.process])
+            .args(["--workers", &self.workers.to_string()])
+            .args(["--resources", &self.resources.to_string()])
+            .args(["--seconds", &self.seconds.to_string()])
+            .args(["--ttl-ms", &self.ttl_ms.to_string()])
+            .args(["--hold-ms", &self.hold_ms.to_string()])
+            .env("MONGODB_URI", uri)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lock-contender")
+    }
+}
+
+/// One hold as a contender printed it.
+#[derive(Clone, Debug)]
+pub struct HoldLine {
+    pub process: String,
+    pub resource: String,
+    pub fence: i64,
+    pub requested_ms: u64,
+    pub granted_ms: u64,
+    pub lease_expires_ms: u64,
+    pub release_sent_ms: u64,
+    pub released_ms: u64,
+    /// `released`, `notheld` or `error`.
+    pub outcome: String,
+}
+
+/// Everything one finished contender printed.
+#[derive(Clone, Debug, Default)]
+pub struct ContenderRun {
+    pub holds: Vec<HoldLine>,
+    /// From the `DONE` line: grants and Acquires that ran out of retries.
+    pub done: Option<(u64, u64)>,
+    pub stderr: String,
+}
+
+impl ContenderRun {
+    /// Parses a contender's stdout and stderr; panics on a malformed line.
+    pub fn parse(stdout: &str, stderr: &str) -> ContenderRun {
+        let mut run = ContenderRun {
+            stderr: stderr.to_owned(),
+            ..ContenderRun::default()
+        };
+        for line in stdout.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.first() {
+                Some(&"HOLD") => {
+                    let [_, process, resource, fence, requested, granted, expires, sent, replied, outcome] =
+                        fields[..]
+                    else {
+                        panic!("malformed HOLD line: {line}");
+                    };
+                    let ms = |s: &str| -> u64 {
+                        s.parse()
+                            .unwrap_or_else(|e| panic!("bad time {s:?} in {line}: {e}"))
+                    };
+                    run.holds.push(HoldLine {
+                        process: process.to_owned(),
+                        resource: resource.to_owned(),
+                        fence: fence.parse().expect("fence"),
+                        requested_ms: ms(requested),
+                        granted_ms: ms(granted),
+                        lease_expires_ms: ms(expires),
+                        release_sent_ms: ms(sent),
+                        released_ms: ms(replied),
+                        outcome: outcome.to_owned(),
+                    });
+                }
+                Some(&"DONE") => {
+                    let [_, _, grants, refusals] = fields[..] else {
+                        panic!("malformed DONE line: {line}");
+                    };
+                    run.done = Some((grants.parse().unwrap(), refusals.parse().unwrap()));
+                }
+                _ => {}
+            }
+        }
+        run
+    }
+
+    /// Records every hold in `history`: `released` as a release, anything else as lost when
+    /// its Unlock was sent (the holder stopped relying on the hold then).
+    pub fn record(&self, history: &History) {
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        for h in &self.holds {
+            let id = history.granted(
+                &h.process,
+                &h.resource,
+                h.fence,
+                at(h.requested_ms),
+                at(h.granted_ms),
+                at(h.lease_expires_ms),
+            );
+            if h.outcome == "released" {
+                history.released(id, at(h.release_sent_ms), at(h.released_ms));
+            } else {
+                history.lost(id, at(h.release_sent_ms));
+            }
+        }
+    }
+}
