@@ -395,8 +395,8 @@ async fn memory_per_waiter(count: usize) -> f64 {
 }
 
 /// The child of the cross-process rows: one worker taking turns on `resource` for `seconds`
-/// (hold 20 ms, then think 300 ms),
-/// printing `GRANT <unix_us> <waited_us>` and `RELEASE <unix_us>` lines and, at the end,
+/// (hold 20 ms, then think 60 ms), printing `GRANT <unix_us> <waited_us>` and
+/// `RELEASE <unix_us>` lines and, at the end,
 /// `PROBES <findAndModify commands> <grants> <waiting_us>`.
 async fn child(family_name: String, polling: Polling, seconds: u64) {
     let probes = Arc::new(AtomicU64::new(0));
@@ -423,15 +423,16 @@ async fn child(family_name: String, polling: Polling, seconds: u64) {
         waiting += waited;
         grants += 1;
         println!("GRANT {} {}", unix_us(), waited.as_micros());
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
         manager
             .send(Unlock::new(grant.lock_id))
             .await
             .unwrap()
             .expect("Unlock");
         println!("RELEASE {}", unix_us());
-        // Think time, so the other process's waiter gets its turn.
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
+        // Think time longer than any polling pause, so every release finds the other process
+        // waiting and the next grant is a hand-off to it (not a quick re-grab by this one).
+        actix_rt::time::sleep(Duration::from_millis(60)).await;
     }
     manager.send(Close).await.expect("Close");
     println!(
@@ -462,7 +463,7 @@ fn cross_process(polling: Polling, seconds: u64) -> (Vec<Duration>, f64) {
                 .expect("start the child")
         })
         .collect();
-    let mut events = Vec::new(); // (unix_us, process, is_grant)
+    let mut events = Vec::new(); // (unix_us, process, asked_us for a grant)
     let (mut wasted, mut waiting_us) = (0u64, 0u64);
     for (process, child) in children.into_iter().enumerate() {
         let output = child.wait_with_output().expect("child runs");
@@ -470,8 +471,11 @@ fn cross_process(polling: Polling, seconds: u64) -> (Vec<Duration>, f64) {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields[..] {
-                ["GRANT", at, _] => events.push((at.parse::<u128>().unwrap(), process, true)),
-                ["RELEASE", at] => events.push((at.parse::<u128>().unwrap(), process, false)),
+                ["GRANT", at, waited] => {
+                    let at = at.parse::<u128>().unwrap();
+                    events.push((at, process, Some(at - waited.parse::<u128>().unwrap())));
+                }
+                ["RELEASE", at] => events.push((at.parse::<u128>().unwrap(), process, None)),
                 ["PROBES", probes, grants, waited] => {
                     wasted += probes.parse::<u64>().unwrap() - grants.parse::<u64>().unwrap();
                     waiting_us += waited.parse::<u64>().unwrap();
@@ -483,15 +487,14 @@ fn cross_process(polling: Polling, seconds: u64) -> (Vec<Duration>, f64) {
     events.sort();
     let mut hand_offs = Vec::new();
     let mut last_release: Option<(u128, usize)> = None;
-    for (at, process, is_grant) in events {
-        if is_grant {
-            if let Some((released, by)) = last_release.take() {
-                if by != process && at >= released {
-                    hand_offs.push(Duration::from_micros((at - released) as u64));
-                }
+    for (at, process, asked) in events {
+        match (asked, last_release.take()) {
+            // A hand-off: the other process was already waiting when this one released.
+            (Some(asked), Some((released, by))) if by != process && asked <= released => {
+                hand_offs.push(Duration::from_micros((at - released) as u64));
             }
-        } else {
-            last_release = Some((at, process));
+            (None, _) => last_release = Some((at, process)),
+            _ => {}
         }
     }
     // Each process waits in turn; probes per second of one manager's waiting.

@@ -644,6 +644,13 @@ async fn release(
                 me.name, thing.name, record.fence, me.pronoun
             ));
         }
+        Ok(Ok(UnlockOutcome::Unconfirmed)) => {
+            record.release_sent = Some(sent);
+            room.announce(format_args!(
+                "{}'s release of {} met a dropped connection; the retry found it already free",
+                me.name, thing.name
+            ));
+        }
         Ok(Err(LockError::Closing)) => room.announce(format_args!(
             "{}'s release of {} came after closing began; Close releases what is still held",
             me.name, thing.name

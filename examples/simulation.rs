@@ -18,7 +18,7 @@
 //!
 //! ```text
 //! { run, resource, fence, actor, manager, via: "lock"|"acquire",
-//!   requested_us, start_us, end_us, outcome: "released"|"not_held"|"error" }
+//!   requested_us, start_us, end_us, outcome: "released"|"not_held"|"unconfirmed"|"error" }
 //! ```
 //!
 //! with times in microseconds since the Unix epoch on this process's monotonic clock (violations
@@ -359,6 +359,7 @@ async fn operate(
     let outcome = match manager.send(Unlock::new(grant.lock_id)).await {
         Ok(Ok(UnlockOutcome::Released)) => "released",
         Ok(Ok(UnlockOutcome::NotHeld)) => "not_held",
+        Ok(Ok(UnlockOutcome::Unconfirmed)) => "unconfirmed",
         Ok(Err(e)) => {
             eprintln!("simulation: unlock of {resource}: {e}");
             "error"

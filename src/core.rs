@@ -4,6 +4,7 @@
 //! through an `Rc`. They all run on the manager's arbiter, one at a time, so plain cells
 //! suffice and no borrow is held across an await.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -56,19 +57,25 @@ impl Core {
         let resource = ResourceId::new(msg.resource_id)?;
         let lock_id = LockId::generate();
         tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
-        let budget = msg.timeout.unwrap_or_else(|| self.config.acquire_budget());
+        // The seed's fixed polling counts tries; its deadline only leaves room for the last one.
+        let budget = match (msg.timeout, msg.polling) {
+            (Some(timeout), _) => timeout,
+            (None, Polling::Adaptive) => self.config.acquire_budget(),
+            (None, Polling::Fixed) => self.config.acquire_budget() + self.config.acquire_period,
+        };
         let wait = Wait {
             deadline: Instant::now() + budget,
             caller,
+            uncertain: Cell::new(false),
         };
         let result = match msg.polling {
             Polling::Fixed => self.acquire_fixed(&resource, &lock_id, &wait).await,
             Polling::Adaptive => self.acquire_adaptive(&resource, &lock_id, &wait).await,
         };
-        match result {
-            Ok(grant) => self.deliver(grant, caller, msg.keep_alive),
-            Err(WaitEnd::Error(e)) => Err(self.abandon(lock_id, e)),
-            Err(WaitEnd::OutOfTime { retries }) => Err(match msg.timeout {
+        let result = match result {
+            Ok(grant) => return self.deliver(grant, caller, msg.keep_alive),
+            Err(WaitEnd::Error(e)) => e,
+            Err(WaitEnd::OutOfTime { retries }) => match msg.timeout {
                 None => LockError::AcquireMaxRetries {
                     resource_id: resource.to_string(),
                     retries,
@@ -77,8 +84,12 @@ impl Core {
                     resource_id: resource.to_string(),
                     waited,
                 },
-            }),
+            },
+        };
+        if wait.uncertain.get() {
+            self.release_until_gone(lock_id);
         }
+        Err(result)
     }
 
     /// The seed's Acquire: a try every `acquire_period`, `acquire_max_retries` times after the
@@ -91,14 +102,17 @@ impl Core {
     ) -> Result<LockGrant, WaitEnd> {
         let mut retries = 0;
         loop {
-            if let Some(grant) = self.attempt_tolerant(resource, lock_id).await? {
+            let attempt = self.attempt_tolerant(resource, lock_id, wait).await;
+            if let Some(grant) = attempt.map_err(|end| end.with_retries(retries))? {
                 return Ok(grant);
             }
             if retries == self.config.acquire_max_retries {
                 return Err(WaitEnd::OutOfTime { retries });
             }
             retries += 1;
-            self.pause(self.config.acquire_period, None, wait).await?;
+            self.pause(self.config.acquire_period, None, wait)
+                .await
+                .map_err(|end| end.with_retries(retries))?;
         }
     }
 
@@ -117,7 +131,8 @@ impl Core {
         loop {
             let held_here = self.holds.live_lease(resource, self.clock.now());
             if place.is_head() && held_here.is_none() {
-                if let Some(grant) = self.attempt_tolerant(resource, lock_id).await? {
+                let attempt = self.attempt_tolerant(resource, lock_id, wait).await;
+                if let Some(grant) = attempt.map_err(|end| end.with_retries(retries))? {
                     // Leaving the line wakes the next waiter, which sees the hold and waits.
                     drop(place);
                     return Ok(grant);
@@ -132,12 +147,7 @@ impl Core {
             };
             self.pause(pause, Some(&place), wait)
                 .await
-                .map_err(|end| match end {
-                    WaitEnd::OutOfTime { .. } => WaitEnd::OutOfTime {
-                        retries: retries.saturating_sub(1),
-                    },
-                    other => other,
-                })?;
+                .map_err(|end| end.with_retries(retries.saturating_sub(1)))?;
         }
     }
 
@@ -161,19 +171,28 @@ impl Core {
         Ok(grant)
     }
 
-    /// An attempt inside a wait: a transient database error counts as "not yet".
+    /// An attempt inside a wait, cut off at the wait's deadline. A transient database error
+    /// counts as "not yet"; it, or a cut-off, leaves the attempt's outcome unknown, which the
+    /// wait remembers so that a wait ending without a grant releases the lock id after all.
     async fn attempt_tolerant(
         &self,
         resource: &ResourceId,
         lock_id: &LockId,
+        wait: &Wait<'_>,
     ) -> Result<Option<LockGrant>, WaitEnd> {
-        match self.attempt(resource, lock_id).await {
-            Ok(grant) => Ok(grant),
-            Err(e) if is_transient(&e) => {
+        let attempt = self.attempt(resource, lock_id);
+        match tokio::time::timeout_at(wait.deadline.into(), attempt).await {
+            Ok(Ok(grant)) => Ok(grant),
+            Ok(Err(e)) if is_transient(&e) => {
+                wait.uncertain.set(true);
                 tracing::warn!(error = %e, "grant attempt failed; retrying within the wait budget");
                 Ok(None)
             }
-            Err(e) => Err(WaitEnd::Error(e)),
+            Ok(Err(e)) => Err(WaitEnd::Error(e)),
+            Err(_) => {
+                wait.uncertain.set(true);
+                Err(WaitEnd::OutOfTime { retries: 0 })
+            }
         }
     }
 
@@ -214,12 +233,12 @@ impl Core {
         if self.drain.is_closing() {
             // Close releases what is held here; a grant made meanwhile must not look alive.
             tracing::debug!("granted while closing; releasing it");
-            self.release_in_background(grant.lock_id);
+            self.release_until_gone(grant.lock_id);
             return Err(LockError::Closing);
         }
         if caller.is_gone() {
             tracing::debug!("caller left before the grant; releasing it");
-            self.release_in_background(grant.lock_id.clone());
+            self.release_until_gone(grant.lock_id.clone());
         } else if let Some(keep_alive) = keep_alive {
             actix_rt::spawn(crate::lease::keep_alive(
                 Rc::clone(self),
@@ -230,22 +249,42 @@ impl Core {
         Ok(grant)
     }
 
-    /// After a failed grant whose outcome is unknown (the reply may have been lost), releases
-    /// the lock id in case the grant was made, so nothing is held until its lease ends.
+    /// After a failed grant whose outcome is unknown (the reply may have been lost, or the
+    /// request may still land), releases the lock id in case the grant was made.
     fn abandon(self: &Rc<Self>, lock_id: LockId, error: LockError) -> LockError {
         if is_transient(&error) {
-            self.release_in_background(lock_id);
+            self.release_until_gone(lock_id);
         }
         error
     }
 
-    fn release_in_background(self: &Rc<Self>, lock_id: LockId) {
+    /// Releases `lock_id` in the background, trying again with growing pauses until a release
+    /// succeeds or a lease granted now would have ended anyway: a grant whose request is still
+    /// on its way can land after the first try. While closing, one more try and done.
+    fn release_until_gone(self: &Rc<Self>, lock_id: LockId) {
         let core = Rc::clone(self);
         let token: InFlight = self.drain.extend();
+        let until = Instant::now() + self.config.ttl;
         actix_rt::spawn(
             async move {
-                if let Err(e) = core.unlock(&lock_id).await {
-                    tracing::warn!(error = %e, "could not release an abandoned lock id; its lease will end it");
+                let mut pause = Duration::from_millis(50);
+                loop {
+                    match core.store.release(&lock_id).await {
+                        Ok(true) => {
+                            core.released(&lock_id);
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!(error = %e, "release failed; trying again"),
+                    }
+                    if Instant::now() >= until || core.drain.is_closing() {
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = core.drain.closing() => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 drop(token);
             }
@@ -257,11 +296,14 @@ impl Core {
         let mut retries = 0;
         loop {
             match self.store.release(lock_id).await {
+                // A retry that finds nothing after an attempt whose reply was lost: that
+                // attempt may have released the hold, or the hold had ended before. Say so.
+                Ok(false) if retries > 0 => {
+                    self.released(lock_id);
+                    return Ok(UnlockOutcome::Unconfirmed);
+                }
                 Ok(true) => {
-                    if let Some(hold) = self.holds.remove(lock_id) {
-                        self.waiters.wake_head(&hold.resource_id);
-                    }
-                    tracing::debug!("released");
+                    self.released(lock_id);
                     return Ok(UnlockOutcome::Released);
                 }
                 Ok(false) => {
@@ -292,6 +334,14 @@ impl Core {
 }
 
 impl Core {
+    /// Forgets a hold released here and hands its resource to the next local waiter.
+    fn released(&self, lock_id: &LockId) {
+        if let Some(hold) = self.holds.remove(lock_id) {
+            self.waiters.wake_head(&hold.resource_id);
+        }
+        tracing::debug!("released");
+    }
+
     /// Extends a live hold's lease by the TTL; `LockLost` if it is not live.
     pub(crate) async fn renew(&self, lock_id: &LockId) -> Result<LockGrant, LockError> {
         let created_at = self.holds.get(lock_id).map(|hold| hold.granted_at);
@@ -354,6 +404,8 @@ impl Core {
 struct Wait<'a> {
     deadline: Instant,
     caller: &'a Caller,
+    /// Whether an attempt's outcome is unknown (its reply was lost or cut off).
+    uncertain: Cell<bool>,
 }
 
 impl Wait<'_> {
@@ -366,6 +418,16 @@ impl Wait<'_> {
 enum WaitEnd {
     OutOfTime { retries: u32 },
     Error(LockError),
+}
+
+impl WaitEnd {
+    /// Fills in how many retries were made, for an end by time.
+    fn with_retries(self, retries: u32) -> Self {
+        match self {
+            WaitEnd::OutOfTime { .. } => WaitEnd::OutOfTime { retries },
+            other => other,
+        }
+    }
 }
 
 /// Pauses between the probes of a waiter whose resource is held elsewhere: 5 ms at first (a

@@ -133,6 +133,11 @@ pub enum UnlockOutcome {
     /// No hold has that id (never issued, already released, or its expired lease was purged or
     /// taken over). Nothing changed.
     NotHeld,
+    /// The hold is gone, but whether this Unlock released it is unknown: a try's reply was lost
+    /// (the connection dropped) and the retry found nothing. Either that try released the hold,
+    /// or the hold had already ended. Only after database errors; treat as released unless you
+    /// must be certain, and then as [`NotHeld`](Self::NotHeld).
+    Unconfirmed,
 }
 
 /// One attempt to lock a resource; [`LockError::AlreadyLocked`] if it is held.

@@ -4,7 +4,8 @@
 //! mailbox (`ctx.wait`), so a [`StopPurger`] sent during a purge is handled once that purge is
 //! finished: stopping with the manager never cuts a purge in half. Expired holds are taken over
 //! by the next grant anyway; purging keeps the collection and `Status` honest. Each purge also
-//! measures the server's clock again, so a drifting local clock is corrected every period.
+//! measures the server's clock again, so a drifting local clock is corrected every period, and
+//! recreates the indexes if the collection lost them.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -51,6 +52,11 @@ impl Purger {
         let holds = Rc::clone(&self.holds);
         let span = tracing::info_span!("purge", collection = store.collection_name());
         let purge = async move {
+            // The indexes are what keeps one document per resource; recreate them if the
+            // collection was dropped or restored under us (a no-op when they exist).
+            if let Err(e) = store.ensure_indexes().await {
+                tracing::warn!(error = %e, "could not ensure the lock indexes");
+            }
             if let Err(e) = clock.resync(&store).await {
                 tracing::warn!(error = %e, "could not read the server clock; keeping the last offset");
             }

@@ -151,13 +151,52 @@ impl MongoStore {
             Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let fence = read_fence(&stored)?;
+        if fence == 1 && !self.sole_document(resource, lock_id, &stored).await? {
+            return Ok(None);
+        }
         Ok(Some(LockGrant {
             lock_id: lock_id.clone(),
             resource_id: resource.clone(),
-            fence: read_fence(&stored)?,
+            fence,
             granted_at,
             expires_at,
         }))
+    }
+
+    /// After a grant that created its resource's document (fence 1): whether that document is
+    /// the only one for the resource. Only the unique `resource` index makes it so, and that
+    /// index is gone if the collection was dropped or restored under running managers; then a
+    /// second upsert inserts a second document instead of failing. If so, the new document is
+    /// removed again (it never held anything anyone relied on), the grant is refused, and the
+    /// indexes are created anew. One extra read, once per resource.
+    async fn sole_document(
+        &self,
+        resource: &ResourceId,
+        lock_id: &LockId,
+        stored: &Document,
+    ) -> Result<bool, LockError> {
+        let documents = self
+            .collection
+            .count_documents(doc! { "resource": self.stored_name(resource) })
+            .await?;
+        if documents <= 1 {
+            return Ok(true);
+        }
+        tracing::warn!(
+            documents,
+            "lock document duplicated (unique index missing?); refusing"
+        );
+        self.collection
+            .delete_one(doc! {
+                "_id": stored.get("_id").cloned().unwrap_or(Bson::Null),
+                "exclusive.lockId": lock_id.as_str(),
+            })
+            .await?;
+        if let Err(e) = self.ensure_indexes().await {
+            tracing::warn!(error = %e, "could not recreate the lock indexes");
+        }
+        Ok(false)
     }
 
     /// Releases the hold with exactly `lock_id`; `true` if there was one. One update.

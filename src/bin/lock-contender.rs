@@ -133,6 +133,7 @@ async fn main() {
                 let outcome = match manager.send(Unlock::new(grant.lock_id)).await {
                     Ok(Ok(UnlockOutcome::Released)) => "released",
                     Ok(Ok(UnlockOutcome::NotHeld)) => "notheld",
+                    Ok(Ok(UnlockOutcome::Unconfirmed)) => "unconfirmed",
                     _ => "error",
                 };
                 let released = SystemTime::now();
