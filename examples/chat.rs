@@ -21,6 +21,10 @@
 //! saw, that no thing was held by two workers at once. The exit status is 1 if one was.
 //! Tracing logs go to stderr, only when `RUST_LOG` is set.
 
+#[path = "support/split_mix.rs"]
+mod split_mix;
+
+use split_mix::SplitMix64;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -121,28 +125,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--workers and --resources must be at least 1".to_owned());
     }
     Ok(args)
-}
-
-/// A small seeded generator (SplitMix64): the same seed gives every worker the same choices.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low + 1)
-    }
-
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(self.between(low, high))
-    }
 }
 
 /// One thing in the room.

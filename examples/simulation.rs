@@ -32,6 +32,12 @@
 //! fences strictly increase. Each failure of either is a violation; the exit status is 1 if
 //! there is any.
 
+// Shared with the chat, which also draws durations; this example uses only part of it.
+#[allow(dead_code)]
+#[path = "support/split_mix.rs"]
+mod split_mix;
+
+use split_mix::SplitMix64;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -95,24 +101,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--actors, --resources and --managers must be at least 1".to_owned());
     }
     Ok(args)
-}
-
-/// A small seeded generator (SplitMix64).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low + 1)
-    }
 }
 
 /// Maps this process's monotonic clock to microseconds since the Unix epoch, so that times in

@@ -176,22 +176,18 @@ impl MongoStore {
         lock_id: &LockId,
         stored: &Document,
     ) -> Result<bool, LockError> {
-        let documents = self
+        let id = stored.get("_id").cloned().unwrap_or(Bson::Null);
+        let other = self
             .collection
-            .count_documents(doc! { "resource": self.stored_name(resource) })
+            .find_one(doc! { "resource": self.stored_name(resource), "_id": { "$ne": &id } })
+            .projection(doc! { "_id": 1 })
             .await?;
-        if documents <= 1 {
+        if other.is_none() {
             return Ok(true);
         }
-        tracing::warn!(
-            documents,
-            "lock document duplicated (unique index missing?); refusing"
-        );
+        tracing::warn!("lock document duplicated (unique index missing?); refusing");
         self.collection
-            .delete_one(doc! {
-                "_id": stored.get("_id").cloned().unwrap_or(Bson::Null),
-                "exclusive.lockId": lock_id.as_str(),
-            })
+            .delete_one(doc! { "_id": id, "exclusive.lockId": lock_id.as_str() })
             .await?;
         if let Err(e) = self.ensure_indexes().await {
             tracing::warn!(error = %e, "could not recreate the lock indexes");

@@ -18,7 +18,7 @@ use actix_mongo_lock::{
 use mongodb::bson::doc;
 use support::history::History;
 use support::proxy::FaultProxy;
-use support::server::{client_for, collection, fast_config, manager, stored};
+use support::server::{client_for, collection, fast_config, manager, stored, take_turns};
 
 /// Collects the `LeaseLost` messages a holder is sent, with when they arrived.
 #[derive(Clone, Default)]
@@ -316,38 +316,16 @@ async fn skewed_managers_never_overlap_an_honest_one() {
     let deadline = Instant::now() + Duration::from_secs(4);
     let mut workers = Vec::new();
     for (name, locks) in &managers {
-        for worker in 0..2u64 {
-            let (name, locks, history) = (name.to_string(), locks.clone(), history.clone());
-            workers.push(actix_rt::spawn(async move {
-                while Instant::now() < deadline {
-                    let requested = SystemTime::now();
-                    let Ok(grant) = locks.send(Acquire::new("shared")).await.unwrap() else {
-                        continue;
-                    };
-                    let id = history.granted(
-                        &name,
-                        "shared",
-                        grant.fence,
-                        requested,
-                        SystemTime::now(),
-                        requested + ttl,
-                    );
-                    let hold = if worker == 0 { 1000 } else { 20 };
-                    actix_rt::time::sleep(Duration::from_millis(hold)).await;
-                    let sent = SystemTime::now();
-                    match locks
-                        .send(Unlock::new(grant.lock_id))
-                        .await
-                        .unwrap()
-                        .unwrap()
-                    {
-                        UnlockOutcome::Released => history.released(id, sent, SystemTime::now()),
-                        UnlockOutcome::NotHeld | UnlockOutcome::Unconfirmed => {
-                            history.lost(id, sent)
-                        }
-                    }
-                }
-            }));
+        for hold in [1000, 20] {
+            workers.push(actix_rt::spawn(take_turns(
+                name.to_string(),
+                locks.clone(),
+                history.clone(),
+                "shared",
+                ttl,
+                Duration::from_millis(hold),
+                deadline,
+            )));
         }
     }
     for worker in workers {

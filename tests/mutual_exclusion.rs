@@ -3,11 +3,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use actix_mongo_lock::{Acquire, Unlock, UnlockOutcome};
 use support::history::History;
-use support::server::{fast_config, manager, uri};
+use support::server::{fast_config, manager, take_turns, uri};
 
 #[actix_rt::test]
 async fn two_managers_in_one_process_never_both_hold_a_resource() {
@@ -19,28 +18,15 @@ async fn two_managers_in_one_process_never_both_hold_a_resource() {
     let mut workers = Vec::new();
     for (m, locks) in managers.iter().enumerate() {
         for _ in 0..4 {
-            let (locks, history, ttl) = (locks.clone(), history.clone(), config.ttl);
-            workers.push(actix_rt::spawn(async move {
-                while Instant::now() < deadline {
-                    let requested = SystemTime::now();
-                    let Ok(grant) = locks.send(Acquire::new("shared")).await.unwrap() else {
-                        continue;
-                    };
-                    let id = history.granted(
-                        &format!("m{m}"),
-                        "shared",
-                        grant.fence,
-                        requested,
-                        SystemTime::now(),
-                        requested + ttl,
-                    );
-                    actix_rt::time::sleep(Duration::from_millis(2)).await;
-                    let sent = SystemTime::now();
-                    let outcome = locks.send(Unlock::new(grant.lock_id)).await.unwrap();
-                    assert_eq!(outcome.unwrap(), UnlockOutcome::Released);
-                    history.released(id, sent, SystemTime::now());
-                }
-            }));
+            workers.push(actix_rt::spawn(take_turns(
+                format!("m{m}"),
+                locks.clone(),
+                history.clone(),
+                "shared",
+                config.ttl,
+                Duration::from_millis(2),
+                deadline,
+            )));
         }
     }
     for worker in workers {
@@ -48,6 +34,10 @@ async fn two_managers_in_one_process_never_both_hold_a_resource() {
     }
 
     let summary = history.assert_ok();
+    assert_eq!(
+        summary.lost, 0,
+        "a hold was lost within its lease: {summary:?}"
+    );
     let per_manager = |m: &str| history.records().iter().filter(|r| r.manager == m).count();
     assert!(summary.holds >= 10, "too little contention: {summary:?}");
     assert!(

@@ -84,3 +84,40 @@ pub async fn snapshot(config: &LockConfig) -> Vec<Document> {
         .await
         .expect("read the lock collection")
 }
+
+/// One caller taking turns on `resource` until `deadline`: Acquire, hold for `hold`, Unlock,
+/// recording every hold in `history` as `name` (a release that changed nothing, or could not be
+/// confirmed, counts as the moment the holder stopped relying on the hold).
+pub async fn take_turns(
+    name: String,
+    locks: Addr<LockManager>,
+    history: super::history::History,
+    resource: &'static str,
+    lease: Duration,
+    hold: Duration,
+    deadline: std::time::Instant,
+) {
+    use actix_mongo_lock::{Acquire, Unlock, UnlockOutcome};
+    use std::time::SystemTime;
+    while std::time::Instant::now() < deadline {
+        let requested = SystemTime::now();
+        let Ok(grant) = locks.send(Acquire::new(resource)).await.unwrap() else {
+            continue;
+        };
+        let id = history.granted(
+            &name,
+            resource,
+            grant.fence,
+            requested,
+            SystemTime::now(),
+            requested + lease,
+        );
+        actix_rt::time::sleep(hold).await;
+        let sent = SystemTime::now();
+        match locks.send(Unlock::new(grant.lock_id)).await.unwrap() {
+            Ok(UnlockOutcome::Released) => history.released(id, sent, SystemTime::now()),
+            Ok(UnlockOutcome::NotHeld | UnlockOutcome::Unconfirmed) => history.lost(id, sent),
+            Err(e) => panic!("{name}'s Unlock failed: {e}"),
+        }
+    }
+}
