@@ -188,19 +188,6 @@ async fn raw_grant(collection: &Collection<Document>, resource: &str) {
         .expect("raw findOneAndUpdate");
 }
 
-/// B: the median round trip of one raw grant-shaped findOneAndUpdate.
-async fn raw_round_trip(collection: &Collection<Document>, samples: usize) -> Duration {
-    let mut times = Vec::with_capacity(samples);
-    for i in 0..samples + 20 {
-        let started = Instant::now();
-        raw_grant(collection, "raw").await;
-        if i >= 20 {
-            times.push(started.elapsed());
-        }
-    }
-    percentile(&mut times, 0.5)
-}
-
 /// Raw findOneAndUpdate throughput of `tasks` concurrent tasks, each on `resources` documents.
 async fn raw_throughput(
     collection: &Collection<Document>,
@@ -230,10 +217,20 @@ async fn raw_throughput(
 }
 
 /// Median of an uncontended Lock, and of Lock+Unlock, on fresh resources.
-async fn uncontended(manager: &Addr<LockManager>, samples: usize) -> (Duration, Duration) {
+async fn uncontended(
+    manager: &Addr<LockManager>,
+    raw: &Collection<Document>,
+    samples: usize,
+) -> (Duration, Duration, Duration) {
+    let mut raws = Vec::with_capacity(samples);
     let mut locks = Vec::with_capacity(samples);
     let mut pairs = Vec::with_capacity(samples);
-    for i in 0..samples + 20 {
+    // Interleaved with raw round trips, so both see the same moment of a noisy machine; the
+    // warm-up creates every document first.
+    for i in 0..samples + 50 {
+        let started = Instant::now();
+        raw_grant(raw, "uncontended").await;
+        let raw_took = started.elapsed();
         let started = Instant::now();
         let grant = manager
             .send(Lock::new(format!("u-{}", i % 50)))
@@ -246,12 +243,17 @@ async fn uncontended(manager: &Addr<LockManager>, samples: usize) -> (Duration, 
             .await
             .unwrap()
             .expect("Unlock");
-        if i >= 20 {
+        if i >= 50 {
+            raws.push(raw_took);
             locks.push(locked);
             pairs.push(started.elapsed());
         }
     }
-    (percentile(&mut locks, 0.5), percentile(&mut pairs, 0.5))
+    (
+        percentile(&mut raws, 0.5),
+        percentile(&mut locks, 0.5),
+        percentile(&mut pairs, 0.5),
+    )
 }
 
 /// `waiters` callers in one manager take turns on one resource; the time from each Unlock's
@@ -554,7 +556,9 @@ async fn main() {
     let raw_collection = raw
         .database(DATABASE)
         .collection::<Document>(&family("raw"));
-    let b = ms(raw_round_trip(&raw_collection, samples).await);
+    let manager = start(&config("uncontended"), Arc::default()).await;
+    let (b, lock, pair) = uncontended(&manager, &raw_collection, samples).await;
+    let b = ms(b);
     table.add(
         "B: raw findOneAndUpdate (the grant's shape), median",
         b,
@@ -562,9 +566,6 @@ async fn main() {
         None,
         "baseline",
     );
-
-    let manager = start(&config("uncontended"), Arc::default()).await;
-    let (lock, pair) = uncontended(&manager, samples).await;
     table.add(
         "Lock, uncontended, median",
         ms(lock),
