@@ -415,3 +415,52 @@ async fn a_dropped_guard_frees_its_resource() {
     assert_eq!(guard.unlock().await.unwrap(), UnlockOutcome::Released);
     assert!(other.send(Lock::new("told")).await.unwrap().is_ok());
 }
+
+#[actix_rt::test]
+async fn a_downstream_store_refuses_a_stale_holders_write_by_its_fence() {
+    let config = fast_config("fenced_store").ttl(Duration::from_millis(300));
+    let slow = manager(&config).await;
+    let fast = manager(&config).await;
+    let invoices = support::server::client()
+        .await
+        .database(&config.database)
+        .collection::<mongodb::bson::Document>(&format!("{}_invoices", config.name));
+    invoices
+        .insert_one(doc! { "_id": 42, "status": "open", "fence": 0_i64 })
+        .await
+        .unwrap();
+    let write = |fence: i64, status: &'static str| {
+        let invoices = invoices.clone();
+        async move {
+            invoices
+                .update_one(
+                    doc! { "_id": 42, "fence": { "$lte": fence } },
+                    doc! { "$set": { "status": status, "fence": fence } },
+                )
+                .await
+                .unwrap()
+                .matched_count
+                == 1
+        }
+    };
+
+    let stale = slow.send(Lock::new("invoice-42")).await.unwrap().unwrap();
+    // The slow holder pauses past its lease; the fast one takes over and writes.
+    let current = fast
+        .send(Acquire::new("invoice-42").timeout(Duration::from_secs(3)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(write(current.fence, "paid").await);
+
+    assert!(
+        !write(stale.fence, "cancelled").await,
+        "the store took a write from a holder whose lease had passed on"
+    );
+    let record = invoices
+        .find_one(doc! { "_id": 42 })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.get_str("status").unwrap(), "paid");
+}
