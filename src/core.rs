@@ -271,7 +271,8 @@ impl Core {
                 loop {
                     match core.store.release(&lock_id).await {
                         Ok(true) => {
-                            core.released(&lock_id);
+                            core.forget_hold(&lock_id);
+                            tracing::debug!("released a hold nobody was given");
                             break;
                         }
                         Ok(false) => {}
@@ -299,11 +300,13 @@ impl Core {
                 // A retry that finds nothing after an attempt whose reply was lost: that
                 // attempt may have released the hold, or the hold had ended before. Say so.
                 Ok(false) if retries > 0 => {
-                    self.released(lock_id);
+                    self.forget_hold(lock_id);
+                    tracing::debug!("released, unconfirmed: a try's reply was lost");
                     return Ok(UnlockOutcome::Unconfirmed);
                 }
                 Ok(true) => {
-                    self.released(lock_id);
+                    self.forget_hold(lock_id);
+                    tracing::debug!("released");
                     return Ok(UnlockOutcome::Released);
                 }
                 Ok(false) => {
@@ -334,12 +337,14 @@ impl Core {
 }
 
 impl Core {
-    /// Forgets a hold released here and hands its resource to the next local waiter.
-    fn released(&self, lock_id: &LockId) {
-        if let Some(hold) = self.holds.remove(lock_id) {
-            self.waiters.wake_head(&hold.resource_id);
-        }
-        tracing::debug!("released");
+    /// Forgets a hold that ended (released here, or found gone) and hands its resource to the
+    /// next local waiter; `true` if this manager still had it.
+    pub(crate) fn forget_hold(&self, lock_id: &LockId) -> bool {
+        let Some(hold) = self.holds.remove(lock_id) else {
+            return false;
+        };
+        self.waiters.wake_head(&hold.resource_id);
+        true
     }
 
     /// Extends a live hold's lease by the TTL; `LockLost` if it is not live.
@@ -356,9 +361,7 @@ impl Core {
                 Ok(grant)
             }
             None => {
-                if let Some(hold) = self.holds.remove(lock_id) {
-                    self.waiters.wake_head(&hold.resource_id);
-                }
+                self.forget_hold(lock_id);
                 tracing::debug!("renewal refused: the hold is not live");
                 Err(LockError::LockLost)
             }

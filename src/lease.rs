@@ -59,8 +59,7 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
             }
             Ok(Ok(None)) => {
                 // Unlocked while the renewal was on its way: not a loss.
-                if core.holds.remove(&grant.lock_id).is_some() {
-                    core.waiters.wake_head(&grant.resource_id);
+                if core.forget_hold(&grant.lock_id) {
                     tell(&keep_alive.notify, &grant, LostReason::Gone);
                 }
                 return;
