@@ -261,7 +261,17 @@ async fn close_answers_every_in_flight_message_and_later_ones_with_closing() {
         .unwrap()
         .expect("held by another manager");
 
-    // A mix in flight: Acquires that wait, one-shot Locks, and Unlocks.
+    // One Acquire certainly in flight before Close: still unanswered after 300 ms, it has been
+    // accepted and waits (its budget is 100 s).
+    let waiting = actix_rt::spawn(locks.send(Acquire::new("busy")));
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the Acquire of a held resource answered at once"
+    );
+
+    // A burst: Acquires that wait, one-shot Locks, and Unlocks. Close is sent while some are
+    // still in the mailbox or under way, whichever the server's speed makes it.
     let mut replies = Vec::new();
     for i in 0..20 {
         let acquire = locks.send(Acquire::new("busy"));
@@ -271,12 +281,19 @@ async fn close_answers_every_in_flight_message_and_later_ones_with_closing() {
             (acquire.await, lock.await, unlock.await)
         }));
     }
-    actix_rt::time::sleep(Duration::from_millis(50)).await;
     locks.send(Close).await.expect("Close is answered");
 
+    let waiting = waiting
+        .await
+        .unwrap()
+        .expect("the waiting Acquire is answered");
+    assert!(
+        matches!(waiting, Err(LockError::Closing)),
+        "the Acquire waiting at Close answered {waiting:?}"
+    );
     // A sender waits while the mailbox is full, so some messages may reach the manager only
-    // after Close: those are answered `Closing`. Every message is answered either way.
-    let mut locked = 0;
+    // after Close: those are answered `Closing`. Every message is answered either way, and a
+    // Lock granted before Close is released by it.
     for reply in replies {
         let (acquire, lock, unlock) = reply.await.unwrap();
         let acquire = acquire.expect("every Acquire is answered");
@@ -285,8 +302,7 @@ async fn close_answers_every_in_flight_message_and_later_ones_with_closing() {
             "waiting Acquire answered {acquire:?}"
         );
         match lock.expect("every Lock is answered") {
-            Ok(_) => locked += 1,
-            Err(LockError::Closing) => {}
+            Ok(_) | Err(LockError::Closing) => {}
             Err(e) => panic!("Lock of a free resource answered {e:?}"),
         }
         match unlock.expect("every Unlock is answered") {
@@ -295,7 +311,14 @@ async fn close_answers_every_in_flight_message_and_later_ones_with_closing() {
             Err(e) => panic!("Unlock of an unknown id answered {e:?}"),
         }
     }
-    assert!(locked > 0, "no Lock sent before Close was granted");
+    for i in 0..20 {
+        let document = stored(&config, &format!("free-{i}")).await;
+        let held = document.is_some_and(|d| {
+            d.get_document("exclusive")
+                .is_ok_and(|e| e.get_bool("acquired") == Ok(true))
+        });
+        assert!(!held, "free-{i} is still held after Close");
+    }
     let after = locks.send(Lock::new("later")).await.unwrap();
     assert!(matches!(after, Err(LockError::Closing)), "{after:?}");
     let after = locks.send(Close).await;

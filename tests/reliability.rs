@@ -25,7 +25,7 @@ use actix_mongo_lock::{
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use support::contender::{Contender, ContenderRun};
 use support::history::History;
-use support::nx::{free_port, NxServer, ScratchDir, Stop, Storage};
+use support::own_server::{free_port, OwnServer, ScratchDir, Stop, Storage};
 use support::server::{client_for, collection, fast_config, manager, stored, unique_name, uri};
 
 /// One test at a time in this binary.
@@ -320,7 +320,7 @@ async fn lock_when_reachable(
 }
 
 async fn managers_on(
-    server: &NxServer,
+    server: &OwnServer,
     config: &LockConfig,
 ) -> (Addr<LockManager>, Addr<LockManager>) {
     let start = || async {
@@ -336,7 +336,7 @@ async fn a_file_backed_server_restart_keeps_holds_and_managers_reconnect_by_them
     let _serial = SERIAL.lock().await;
     let dir = ScratchDir::new("restart-file");
     let storage = Storage::File(dir.path().join("locks.db"));
-    let mut server = NxServer::start(storage, free_port(), dir.path()).await;
+    let mut server = OwnServer::start(storage, free_port(), dir.path()).await;
     let config = fast_config("restart_file").ttl(Duration::from_secs(30));
     let (holder, other) = managers_on(&server, &config).await;
     let held = holder.send(Lock::new("kept")).await.unwrap().unwrap();
@@ -393,7 +393,7 @@ async fn a_file_backed_server_restart_keeps_holds_and_managers_reconnect_by_them
 async fn an_in_memory_server_restart_loses_holds_and_repeats_fences() {
     let _serial = SERIAL.lock().await;
     let dir = ScratchDir::new("restart-memory");
-    let mut server = NxServer::start(Storage::Memory, free_port(), dir.path()).await;
+    let mut server = OwnServer::start(Storage::Memory, free_port(), dir.path()).await;
     let config = fast_config("restart_memory").ttl(Duration::from_secs(30));
     let (holder, other) = managers_on(&server, &config).await;
     let first = holder.send(Lock::new("kept")).await.unwrap().unwrap();

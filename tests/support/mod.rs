@@ -7,6 +7,6 @@
 
 pub mod contender;
 pub mod history;
-pub mod nx;
+pub mod own_server;
 pub mod proxy;
 pub mod server;
