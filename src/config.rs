@@ -155,7 +155,7 @@ impl LockConfig {
         self.acquire_period.saturating_mul(self.acquire_max_retries)
     }
 
-    /// Checks the configuration; [`LockManager::start`](crate::LockManager::start) calls it.
+    /// Checks the configuration; [`LockManager::with_client`](crate::LockManager::with_client) calls it.
     pub fn validate(&self) -> Result<(), LockError> {
         let invalid = |reason: String| Err(LockError::InvalidConfig { reason });
         if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {

@@ -42,7 +42,6 @@ mod core;
 mod drain;
 mod error;
 mod guard;
-mod lease;
 mod local;
 mod manager;
 mod messages;
@@ -62,5 +61,4 @@ pub use messages::{
     Acquire, Close, HoldStatus, KeepAlive, LeaseLost, ListHolds, Lock, LockGrant, LockId,
     LostReason, Polling, Renew, ResourceId, Status, Unlock, UnlockOutcome, MAX_RESOURCE_ID_LEN,
 };
-pub use purger::Purger;
 pub use reply::Reply;
