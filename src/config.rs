@@ -49,7 +49,7 @@ pub struct LockConfig {
     /// Lease of every grant. Default 30 s. Shorter frees the locks of a crashed holder sooner;
     /// longer tolerates longer pauses of a live holder (GC, network) before it loses its lock.
     pub ttl: Duration,
-    /// Time between purges of expired holds by the [`Purger`](crate::Purger). Default 5 min.
+    /// Time between purges of expired holds by the manager's purger. Default 5 min.
     /// Expired holds are taken over by the next grant anyway; purging keeps the collection tidy
     /// and `Status` honest.
     pub purger_period: Duration,
