@@ -65,7 +65,7 @@ fn config(name: &str) -> LockConfig {
 }
 
 async fn start(config: &LockConfig, counter: Arc<AtomicU64>) -> Addr<LockManager> {
-    LockManager::start(counting_client(counter).await, config.clone())
+    LockManager::with_client(counting_client(counter).await, config.clone())
         .await
         .expect("start a lock manager")
 }

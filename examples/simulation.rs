@@ -514,7 +514,7 @@ async fn run(args: Args) -> Result<usize, Box<dyn std::error::Error>> {
     let mut managers = Vec::new();
     for _ in 0..args.managers {
         let client = Client::with_uri_str(&uri).await?;
-        managers.push(LockManager::start(client, config.clone()).await?);
+        managers.push(LockManager::with_client(client, config.clone()).await?);
     }
     let run = uuid::Uuid::new_v4().to_string();
     let resources: Rc<Vec<String>> =

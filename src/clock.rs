@@ -1,18 +1,18 @@
 //! Time as the server sees it.
 //!
-//! Leases are compared on the server (`expiresAt <= now` in the grant's filter), but `now` is
-//! sent by the client, because the update forms that read the server's own clock (`$$NOW`) are
+//! Leases are compared on the server (the grant's filter takes a hold whose `expiresAt` is strictly
+//! before `now`, a `$lt`), but `now` is sent by the client, because the update forms that read the server's own clock (`$$NOW`) are
 //! not available on every server this crate supports. So each manager measures how far the
 //! server's clock (`hello`'s `localTime`) is from its own, at start and at every purge, and
 //! writes every date on the server's clock. A manager whose clock is 10 s fast then neither
 //! takes a live lock (it does not think leases ended early) nor keeps a dead one.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::LockError;
-use crate::store::{ClockOffset, MongoStore};
 
 /// The local wall clock a manager reads; see [`LockConfig::clock`](crate::LockConfig::clock).
 ///
@@ -56,29 +56,50 @@ impl LocalClock {
 }
 
 /// The local clock corrected by the last measured offset to the server's.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ServerClock {
     local: LocalClock,
     offset: Cell<ClockOffset>,
 }
 
 impl ServerClock {
-    /// Measures the offset once.
-    pub(crate) async fn measure(local: LocalClock, store: &MongoStore) -> Result<Self, LockError> {
+    /// Measures the offset once; `read_server` reads the server's clock (one round trip).
+    pub(crate) async fn measure(
+        local: LocalClock,
+        read_server: impl Future<Output = Result<SystemTime, LockError>>,
+    ) -> Result<Self, LockError> {
         let clock = ServerClock {
             local,
             offset: Cell::new(ClockOffset::default()),
         };
-        clock.resync(store).await?;
+        clock.resync(read_server).await?;
         Ok(clock)
     }
 
-    /// Measures the offset again.
-    pub(crate) async fn resync(&self, store: &MongoStore) -> Result<(), LockError> {
-        let offset = store.server_clock_offset(|| self.local.now()).await?;
+    /// Measures the offset again: the server's reading is taken as made halfway through the
+    /// round trip of `read_server` (a future does
+    /// nothing until awaited, so the round trip starts here).
+    pub(crate) async fn resync(
+        &self,
+        read_server: impl Future<Output = Result<SystemTime, LockError>>,
+    ) -> Result<(), LockError> {
+        let sent = Instant::now();
+        let local_sent = self.local.now();
+        let server = read_server.await?;
+        let offset = ClockOffset::between(local_sent + sent.elapsed() / 2, server);
         tracing::debug!(?offset, "server clock offset measured");
         self.offset.set(offset);
         Ok(())
+    }
+
+    /// The last measured offset.
+    pub(crate) fn offset(&self) -> ClockOffset {
+        self.offset.get()
+    }
+
+    /// Adopts an offset measured elsewhere (by the purger).
+    pub(crate) fn set_offset(&self, offset: ClockOffset) {
+        self.offset.set(offset);
     }
 
     /// Now, on the server's clock.
@@ -95,5 +116,33 @@ impl ServerClock {
 impl std::fmt::Debug for LocalClock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LocalClock")
+    }
+}
+
+/// The difference between the server's clock and the local one: server = local + offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ClockOffset {
+    ahead: Duration,
+    behind: Duration,
+}
+
+impl ClockOffset {
+    /// The offset that turns `local` into `server`.
+    pub(crate) fn between(local: SystemTime, server: SystemTime) -> Self {
+        match server.duration_since(local) {
+            Ok(ahead) => ClockOffset {
+                ahead,
+                behind: Duration::ZERO,
+            },
+            Err(e) => ClockOffset {
+                ahead: Duration::ZERO,
+                behind: e.duration(),
+            },
+        }
+    }
+
+    /// The server's time for a local reading.
+    pub(crate) fn server_time(&self, local: SystemTime) -> SystemTime {
+        local + self.ahead - self.behind
     }
 }

@@ -49,7 +49,7 @@ pub struct LockConfig {
     /// Lease of every grant. Default 30 s. Shorter frees the locks of a crashed holder sooner;
     /// longer tolerates longer pauses of a live holder (GC, network) before it loses its lock.
     pub ttl: Duration,
-    /// Time between purges of expired holds by the [`Purger`](crate::Purger). Default 5 min.
+    /// Time between purges of expired holds by the manager's purger. Default 5 min.
     /// Expired holds are taken over by the next grant anyway; purging keeps the collection tidy
     /// and `Status` honest.
     pub purger_period: Duration,
@@ -155,7 +155,7 @@ impl LockConfig {
         self.acquire_period.saturating_mul(self.acquire_max_retries)
     }
 
-    /// Checks the configuration; [`LockManager::start`](crate::LockManager::start) calls it.
+    /// Checks the configuration; [`LockManager::with_client`](crate::LockManager::with_client) calls it.
     pub fn validate(&self) -> Result<(), LockError> {
         let invalid = |reason: String| Err(LockError::InvalidConfig { reason });
         if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {

@@ -3,7 +3,8 @@
 //! A distributed lock manager for [actix](https://actix.rs) applications, backed by MongoDB.
 //! Many processes, each running a [`LockManager`] actor, coordinate through one MongoDB
 //! collection: a resource is held by at most one of them at a time, every hold has a lease
-//! (30 s by default) and a fencing token, and a child [`Purger`] clears expired holds.
+//! (30 s by default) and a fencing token, and each manager's child purger actor clears expired
+//! holds.
 //!
 //! It grows from ONS dp-mongodb's `dplock` (over square/mongo-lock), keeping its semantics,
 //! defaults and document schema, so Go and Rust services can contend for the same resources.
@@ -31,8 +32,9 @@
 //! }
 //! ```
 //!
-//! Every message answers `Result<_, LockError>`; the outer `Result` of `send` is actix's
-//! mailbox error. See `docs/guide.md` for configuration, errors and shutdown.
+//! Every message but [`Close`] answers `Result<_, LockError>` (`Close` answers `()` once the
+//! drain is done); the outer `Result` of `send` is actix's mailbox error. See `docs/guide.md`
+//! for configuration, errors and shutdown.
 
 #![warn(missing_docs)]
 
@@ -42,7 +44,6 @@ mod core;
 mod drain;
 mod error;
 mod guard;
-mod lease;
 mod local;
 mod manager;
 mod messages;
@@ -62,5 +63,4 @@ pub use messages::{
     Acquire, Close, HoldStatus, KeepAlive, LeaseLost, ListHolds, Lock, LockGrant, LockId,
     LostReason, Polling, Renew, ResourceId, Status, Unlock, UnlockOutcome, MAX_RESOURCE_ID_LEN,
 };
-pub use purger::Purger;
 pub use reply::Reply;

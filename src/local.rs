@@ -84,18 +84,14 @@ impl LocalHolds {
         (expires_at > now).then_some(expires_at)
     }
 
-    /// Forgets holds whose lease ended before `now` (never unlocked by their holder).
-    pub(crate) fn forget_expired(&self, now: SystemTime) {
-        let expired: Vec<LockId> = self
-            .by_lock
+    /// The holds whose lease ended at or before `now` (never unlocked by their holder).
+    pub(crate) fn expired(&self, now: SystemTime) -> Vec<LockId> {
+        self.by_lock
             .borrow()
             .iter()
             .filter(|(_, hold)| hold.expires_at <= now)
             .map(|(id, _)| id.clone())
-            .collect();
-        for lock_id in expired {
-            self.remove(&lock_id);
-        }
+            .collect()
     }
 }
 

@@ -4,7 +4,8 @@
 //! returns at once, so a slow Acquire never holds up the Unlock queued behind it. The futures
 //! share one `Core` (the store, the server clock, the drain, and what this manager knows
 //! locally) through an `Rc`: they all run on the manager's arbiter, one at a time, so plain
-//! cells suffice and no lock is held across an await.
+//! cells suffice and no lock is held across an await. The manager's child `Purger` shares
+//! nothing with it and reports each purge with a message.
 
 use std::rc::Rc;
 
@@ -12,20 +13,17 @@ use actix::prelude::*;
 use mongodb::Client;
 use tracing::Instrument;
 
-use crate::clock::ServerClock;
 use crate::config::LockConfig;
 use crate::core::Core;
-use crate::drain::Drain;
 use crate::error::LockError;
 use crate::messages::{
     Acquire, Close, HoldStatus, ListHolds, Lock, LockGrant, Renew, Status, Unlock, UnlockOutcome,
 };
-use crate::purger::{Purger, StopPurger};
+use crate::purger::{Purged, Purger};
 use crate::reply::{Caller, Reply};
-use crate::store::MongoStore;
 
 /// The lock manager actor. Start one per process (or per lock family) with
-/// [`LockManager::start`] and talk to it through its `Addr`.
+/// [`LockManager::connect`] or [`LockManager::with_client`] and talk to it through its `Addr`.
 ///
 /// ```no_run
 /// use actix_mongo_lock::{Acquire, Close, LockConfig, LockManager, Unlock};
@@ -52,23 +50,8 @@ impl LockManager {
     /// Fails with [`LockError::InvalidConfig`] before touching the database, or with
     /// [`LockError::Database`] when the server cannot be reached within the client's server
     /// selection timeout.
-    pub async fn start(client: Client, config: LockConfig) -> Result<Addr<Self>, LockError> {
-        config.validate()?;
-        let store = MongoStore::new(client, &config);
-        store.ensure_indexes().await?;
-        let clock = Rc::new(ServerClock::measure(config.clock.clone(), &store).await?);
-        tracing::info!(
-            collection = store.collection_name(),
-            "lock manager starting"
-        );
-        let core = Rc::new(Core {
-            config,
-            store,
-            clock,
-            drain: Drain::new(),
-            holds: Rc::default(),
-            waiters: Rc::default(),
-        });
+    pub async fn with_client(client: Client, config: LockConfig) -> Result<Addr<Self>, LockError> {
+        let core = Core::open(client, config).await?;
         Ok(LockManager { core, purger: None }.start())
     }
 
@@ -92,35 +75,29 @@ impl LockManager {
         System::current().stop();
     }
 
-    /// Connects to `uri` with the official driver, then [`start`](Self::start)s.
+    /// Connects to `uri` with the official driver, then starts as
+    /// [`with_client`](Self::with_client) does.
     pub async fn connect(uri: &str, config: LockConfig) -> Result<Addr<Self>, LockError> {
         config.validate()?;
         let client = Client::with_uri_str(uri).await?;
-        Self::start(client, config).await
+        Self::with_client(client, config).await
     }
 }
 
 impl Actor for LockManager {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
-        let core = &self.core;
-        self.purger = Some(
-            Purger::new(
-                core.store.clone(),
-                Rc::clone(&core.clock),
-                Rc::clone(&core.holds),
-                core.config.purger_period,
-            )
-            .start(),
-        );
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let parent = ctx.address().downgrade().recipient();
+        self.purger = Some(self.core.purger(parent).start());
     }
 
     /// Stopped without `Close` (every `Addr` dropped): the drain still runs, detached. Messages
     /// in flight are futures of their own that finish and answer; waits end with `Closing`.
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         if let Some(purger) = self.purger.take() {
-            actix_rt::spawn(close(Rc::clone(&self.core), Some(purger)));
+            let core = Rc::clone(&self.core);
+            actix_rt::spawn(async move { core.close(Some(purger)).await });
         }
         Running::Stop
     }
@@ -135,7 +112,7 @@ fn accept<T: 'static, F>(
 where
     F: std::future::Future<Output = Result<T, LockError>> + 'static,
 {
-    let token = match core.drain.enter() {
+    let token = match core.enter() {
         Ok(token) => token,
         Err(e) => return Reply::ready(Err(e)),
     };
@@ -222,25 +199,16 @@ impl Handler<Close> for LockManager {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Close, _: &mut Self::Context) -> Self::Result {
-        Box::pin(
-            close(Rc::clone(&self.core), self.purger.take())
-                .instrument(tracing::info_span!("close")),
-        )
+        let core = Rc::clone(&self.core);
+        let purger = self.purger.take();
+        Box::pin(async move { core.close(purger).await }.instrument(tracing::info_span!("close")))
     }
 }
 
-/// The drain. The first caller (holding the purger) releases what is still held here and stops
-/// the purger once every accepted message is answered; any other caller waits for it.
-async fn close(core: Rc<Core>, purger: Option<Addr<Purger>>) {
-    core.drain.begin_close();
-    core.drain.idle().await;
-    if let Some(purger) = purger {
-        core.release_all_local().await;
-        if purger.send(StopPurger).await.is_err() {
-            tracing::debug!("purger had already stopped");
-        }
-        core.drain.finish_close();
-        tracing::info!("lock manager closed");
+impl Handler<Purged> for LockManager {
+    type Result = ();
+
+    fn handle(&mut self, purged: Purged, _: &mut Self::Context) {
+        self.core.adopt_purge(purged.offset, purged.now);
     }
-    core.drain.closed().await;
 }

@@ -4,26 +4,29 @@
 //! mailbox (`ctx.wait`), so a [`StopPurger`] sent during a purge is handled once that purge is
 //! finished: stopping with the manager never cuts a purge in half. Expired holds are taken over
 //! by the next grant anyway; purging keeps the collection and `Status` honest. Each purge also
-//! measures the server's clock again, so a drifting local clock is corrected every period, and
-//! recreates the indexes if the collection lost them.
+//! recreates the indexes if the collection lost them, and measures the server's clock again, so
+//! a drifting local clock is corrected every period.
+//!
+//! The purger shares no state with its manager: it keeps its own copy of the server clock and
+//! tells the manager what each purge found ([`Purged`]), which the manager adopts in its own
+//! turn. A purge costs `createIndexes`, `hello` and one `updateMany`.
 
-use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use tracing::Instrument;
 
-use crate::clock::ServerClock;
-use crate::local::LocalHolds;
+use crate::clock::{ClockOffset, ServerClock};
 use crate::store::MongoStore;
 
 /// Clears expired holds every `purger_period`. Started and stopped by the
-/// [`LockManager`](crate::LockManager); not constructed by applications.
-pub struct Purger {
+/// [`LockManager`](crate::LockManager).
+pub(crate) struct Purger {
     store: MongoStore,
-    clock: Rc<ServerClock>,
-    holds: Rc<LocalHolds>,
+    clock: ServerClock,
     period: Duration,
+    parent: WeakRecipient<Purged>,
 }
 
 /// Stops the purger after the purge in progress, if any.
@@ -31,25 +34,36 @@ pub struct Purger {
 #[rtype(result = "()")]
 pub(crate) struct StopPurger;
 
+/// What one purge found, for the manager: the server clock's offset as last measured, and that
+/// every hold whose lease ended before `now` is gone.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Purged {
+    pub(crate) offset: ClockOffset,
+    pub(crate) now: SystemTime,
+}
+
 impl Purger {
+    /// A purger of `store` every `period`, reporting to `parent` (weakly, so that the purger
+    /// does not keep its manager alive).
     pub(crate) fn new(
         store: MongoStore,
-        clock: Rc<ServerClock>,
-        holds: Rc<LocalHolds>,
+        clock: ServerClock,
         period: Duration,
+        parent: WeakRecipient<Purged>,
     ) -> Self {
         Purger {
             store,
             clock,
-            holds,
             period,
+            parent,
         }
     }
 
     fn purge(&mut self, ctx: &mut Context<Self>) {
         let store = self.store.clone();
-        let clock = Rc::clone(&self.clock);
-        let holds = Rc::clone(&self.holds);
+        let clock = self.clock.clone();
+        let parent = self.parent.clone();
         let span = tracing::info_span!("purge", collection = store.collection_name());
         let purge = async move {
             // The indexes are what keeps one document per resource; recreate them if the
@@ -57,7 +71,7 @@ impl Purger {
             if let Err(e) = store.ensure_indexes().await {
                 tracing::warn!(error = %e, "could not ensure the lock indexes");
             }
-            if let Err(e) = clock.resync(&store).await {
+            if let Err(e) = clock.resync(store.server_time()).await {
                 tracing::warn!(error = %e, "could not read the server clock; keeping the last offset");
             }
             let now = clock.now();
@@ -65,10 +79,18 @@ impl Purger {
                 Ok(purged) => tracing::debug!(purged, "purged expired holds"),
                 Err(e) => tracing::warn!(error = %e, "purge failed; the next one will retry"),
             }
-            holds.forget_expired(now);
+            let offset = clock.offset();
+            if let Some(parent) = parent.upgrade() {
+                parent.do_send(Purged { offset, now });
+            }
+            offset
         }
         .instrument(span);
-        ctx.wait(purge.into_actor(self));
+        ctx.wait(
+            purge
+                .into_actor(self)
+                .map(|offset, purger, _| purger.clock.set_offset(offset)),
+        );
     }
 }
 

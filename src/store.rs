@@ -15,7 +15,7 @@
 //! setting dotted paths; see docs/compatibility.md for why that form is correct on MongoDB and on
 //! the embedded test server alike.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -78,29 +78,19 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Reads the server's clock with `hello` and returns its offset from `local`'s reading,
-    /// taken halfway through the round trip.
-    pub async fn server_clock_offset(
-        &self,
-        local: impl Fn() -> SystemTime,
-    ) -> Result<ClockOffset, LockError> {
-        let sent = Instant::now();
-        let local_sent = local();
+    /// The server's clock (`hello`'s `localTime`). One round trip.
+    pub async fn server_time(&self) -> Result<SystemTime, LockError> {
         let reply = self
             .client
             .database("admin")
             .run_command(doc! { "hello": 1 })
             .await?;
-        let rtt = sent.elapsed();
-        let server = match reply.get("localTime") {
-            Some(Bson::DateTime(t)) => t.to_system_time(),
-            _ => {
-                return Err(LockError::CorruptDocument {
-                    reason: "hello answered without a localTime date".to_owned(),
-                })
-            }
-        };
-        Ok(ClockOffset::between(local_sent + rtt / 2, server))
+        match reply.get("localTime") {
+            Some(Bson::DateTime(t)) => Ok(t.to_system_time()),
+            _ => Err(LockError::CorruptDocument {
+                reason: "hello answered without a localTime date".to_owned(),
+            }),
+        }
     }
 
     /// One atomic grant: takes `resource` if it is free, its lease expired, or it is already
@@ -430,33 +420,5 @@ pub(crate) fn is_transient(e: &LockError) -> bool {
                 | ErrorKind::BsonDeserialization(_)
         ),
         _ => false,
-    }
-}
-
-/// The difference between the server's clock and the local one: server = local + offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ClockOffset {
-    ahead: Duration,
-    behind: Duration,
-}
-
-impl ClockOffset {
-    /// The offset that turns `local` into `server`.
-    pub fn between(local: SystemTime, server: SystemTime) -> Self {
-        match server.duration_since(local) {
-            Ok(ahead) => ClockOffset {
-                ahead,
-                behind: Duration::ZERO,
-            },
-            Err(e) => ClockOffset {
-                ahead: Duration::ZERO,
-                behind: e.duration(),
-            },
-        }
-    }
-
-    /// The server's time for a local reading.
-    pub fn server_time(&self, local: SystemTime) -> SystemTime {
-        local + self.ahead - self.behind
     }
 }

@@ -46,7 +46,7 @@ async fn manager_through(
     selection: Duration,
     config: &LockConfig,
 ) -> Addr<LockManager> {
-    LockManager::start(client_through(proxy, selection).await, config.clone())
+    LockManager::with_client(client_through(proxy, selection).await, config.clone())
         .await
         .expect("start a manager through the proxy")
 }

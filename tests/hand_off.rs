@@ -171,7 +171,7 @@ async fn many_local_waiters_share_one_probe_of_a_resource_held_elsewhere() {
             }
         }
     }));
-    let waiting = LockManager::start(mongodb::Client::with_options(options).unwrap(), config)
+    let waiting = LockManager::with_client(mongodb::Client::with_options(options).unwrap(), config)
         .await
         .unwrap();
 

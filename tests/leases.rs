@@ -170,7 +170,7 @@ async fn a_cut_off_holder_is_told_of_the_loss_before_anyone_else_takes_the_lock(
     let proxy = FaultProxy::start(support::proxy::upstream_from_env())
         .await
         .unwrap();
-    let holder = LockManager::start(client_for(&proxy.uri()).await, config.clone())
+    let holder = LockManager::with_client(client_for(&proxy.uri()).await, config.clone())
         .await
         .unwrap();
     let rival = manager(&config).await;

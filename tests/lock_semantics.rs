@@ -413,7 +413,7 @@ async fn an_unreachable_database_is_a_typed_error_not_a_hang() {
     .await
     .unwrap();
     let started = Instant::now();
-    let result = LockManager::start(client, fast_config("unreachable")).await;
+    let result = LockManager::with_client(client, fast_config("unreachable")).await;
     assert!(
         matches!(result, Err(LockError::Database(_))),
         "start answered {:?}",
@@ -431,7 +431,7 @@ async fn an_invalid_configuration_is_refused_before_any_request() {
         LockConfig::new("ok").ttl(Duration::ZERO),
         LockConfig::new("ok").database("a.b"),
     ] {
-        let result = LockManager::start(client.clone(), config.clone()).await;
+        let result = LockManager::with_client(client.clone(), config.clone()).await;
         assert!(
             matches!(result, Err(LockError::InvalidConfig { .. })),
             "{config:?} was accepted"

@@ -324,7 +324,7 @@ async fn managers_on(
     config: &LockConfig,
 ) -> (Addr<LockManager>, Addr<LockManager>) {
     let start = || async {
-        LockManager::start(client_for(&server.uri()).await, config.clone())
+        LockManager::with_client(client_for(&server.uri()).await, config.clone())
             .await
             .expect("start a manager on the test's own server")
     };

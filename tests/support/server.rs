@@ -49,7 +49,7 @@ pub fn fast_config(prefix: &str) -> LockConfig {
 
 /// Starts a manager on the test server; panics if the server cannot be reached.
 pub async fn manager(config: &LockConfig) -> Addr<LockManager> {
-    LockManager::start(client().await, config.clone())
+    LockManager::with_client(client().await, config.clone())
         .await
         .unwrap_or_else(|e| panic!("cannot start a lock manager on {}: {e}", uri()))
 }

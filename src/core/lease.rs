@@ -1,31 +1,50 @@
-//! Keep-alive: renewing a hold's lease every TTL/3 until it is unlocked, and telling the holder
-//! at once when the hold is lost.
+//! Extending a hold's lease: `Renew`, and keep-alive, which renews every TTL/3 until the hold is
+//! unlocked and tells the holder at once when the hold is lost.
 //!
-//! The rule that makes the signal useful: the holder is told *before* anyone else can be granted
-//! the resource. The server answering "not live" is a loss at once. A renewal that fails (the
-//! database unreachable, or too slow: each try is bounded by the renewal interval) is retried;
-//! once less than one renewal interval of the lease is left, the hold is declared lost, while
-//! the lease still stands. After telling, keep-alive stops renewing: a holder told of a loss
-//! must never find the hold alive again.
+//! The rule that makes the keep-alive signal useful: the holder is told *before* anyone else can
+//! be granted the resource. The server answering "not live" is a loss at once. A renewal that
+//! fails (the database unreachable, or too slow: each try is bounded by the renewal interval) is
+//! retried; once less than one renewal interval of the lease is left, the hold is declared lost,
+//! while the lease still stands. After telling, keep-alive stops renewing: a holder told of a
+//! loss must never find the hold alive again.
 
-use std::future::Future;
 use std::rc::Rc;
 
 use actix::Recipient;
 use tracing::Instrument;
 
-use crate::core::Core;
-use crate::messages::{KeepAlive, LeaseLost, LockGrant, LostReason};
+use crate::error::LockError;
+use crate::messages::{KeepAlive, LeaseLost, LockGrant, LockId, LostReason};
 
-/// Keeps `grant` alive until it is unlocked, lost, or the manager closes.
-pub(crate) fn keep_alive(
-    core: Rc<Core>,
-    grant: LockGrant,
-    keep_alive: KeepAlive,
-) -> impl Future<Output = ()> {
-    let span =
-        tracing::info_span!("keep_alive", resource = %grant.resource_id, lock_id = ?grant.lock_id);
-    renew_until_lost(core, grant, keep_alive).instrument(span)
+use super::Core;
+
+impl Core {
+    /// Extends a live hold's lease by the TTL; `LockLost` if it is not live.
+    pub(crate) async fn renew(&self, lock_id: &LockId) -> Result<LockGrant, LockError> {
+        let created_at = self.holds.get(lock_id).map(|hold| hold.granted_at);
+        let renewed = self
+            .store
+            .renew(lock_id, created_at, self.clock.now(), self.config.ttl)
+            .await?;
+        match renewed {
+            Some(grant) => {
+                self.holds.extend(lock_id, grant.expires_at);
+                tracing::debug!("renewed");
+                Ok(grant)
+            }
+            None => {
+                self.forget_hold(lock_id);
+                tracing::debug!("renewal refused: the hold is not live");
+                Err(LockError::LockLost)
+            }
+        }
+    }
+
+    /// Keeps `grant` alive in the background until it is unlocked, lost, or the manager closes.
+    pub(super) fn keep_alive(self: &Rc<Self>, grant: LockGrant, keep_alive: KeepAlive) {
+        let span = tracing::info_span!("keep_alive", resource = %grant.resource_id, lock_id = ?grant.lock_id);
+        actix_rt::spawn(renew_until_lost(Rc::clone(self), grant, keep_alive).instrument(span));
+    }
 }
 
 async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAlive) {

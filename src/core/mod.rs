@@ -1,0 +1,119 @@
+//! `Core`: what a [`LockManager`](crate::LockManager)'s messages do, as futures.
+//!
+//! The actor only accepts messages; the work runs here, in futures that share one `Core`
+//! through an `Rc`. They all run on the manager's arbiter, one at a time, so plain cells
+//! suffice and no borrow is held across an await. This file holds the state and its life
+//! (opening, the drain, adopting a purge's findings, reading); the rooms beside it hold the
+//! rest:
+//!
+//! - `grant.rs`: one grant attempt (`Lock`) and handing a grant to its caller;
+//! - `wait.rs`: the `Acquire` wait, its two pollings and the [`Polling::Adaptive`] backoff;
+//! - `release.rs`: `Unlock`, every end of a local hold, releasing grants nobody was given;
+//! - `lease.rs`: `Renew` and keep-alive.
+//!
+//! [`Polling::Adaptive`]: crate::Polling::Adaptive
+
+mod grant;
+mod lease;
+mod release;
+mod wait;
+
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use actix::{Addr, WeakRecipient};
+use mongodb::Client;
+
+use crate::clock::{ClockOffset, ServerClock};
+use crate::config::LockConfig;
+use crate::drain::{Drain, InFlight};
+use crate::error::LockError;
+use crate::local::{LocalHolds, LocalWaiters};
+use crate::messages::{HoldStatus, ResourceId};
+use crate::purger::{Purged, Purger, StopPurger};
+use crate::store::MongoStore;
+
+/// The state every message's future shares.
+pub(crate) struct Core {
+    config: LockConfig,
+    store: MongoStore,
+    clock: ServerClock,
+    drain: Rc<Drain>,
+    holds: LocalHolds,
+    waiters: Rc<LocalWaiters>,
+}
+
+impl Core {
+    /// Checks `config`, creates the collection's indexes and measures the server's clock.
+    pub(crate) async fn open(client: Client, config: LockConfig) -> Result<Rc<Self>, LockError> {
+        config.validate()?;
+        let store = MongoStore::new(client, &config);
+        store.ensure_indexes().await?;
+        let clock = ServerClock::measure(config.clock.clone(), store.server_time()).await?;
+        tracing::info!(
+            collection = store.collection_name(),
+            "lock manager starting"
+        );
+        Ok(Rc::new(Core {
+            config,
+            store,
+            clock,
+            drain: Drain::new(),
+            holds: LocalHolds::default(),
+            waiters: Rc::default(),
+        }))
+    }
+
+    /// Accepts one message (its token keeps the drain waiting until it is answered), or
+    /// answers `Closing`.
+    pub(crate) fn enter(&self) -> Result<InFlight, LockError> {
+        self.drain.enter()
+    }
+
+    /// This manager's purger, which reports each purge to `parent`.
+    pub(crate) fn purger(&self, parent: WeakRecipient<Purged>) -> Purger {
+        Purger::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.config.purger_period,
+            parent,
+        )
+    }
+
+    /// Takes in what a purge found: the server clock's offset and that every hold whose lease
+    /// ended before `now` is gone.
+    pub(crate) fn adopt_purge(&self, offset: ClockOffset, now: SystemTime) {
+        self.clock.set_offset(offset);
+        for lock_id in self.holds.expired(now) {
+            self.forget_hold(&lock_id);
+        }
+    }
+
+    /// The drain. The first caller (holding the purger) releases what is still held here and
+    /// stops the purger once every accepted message is answered; any other caller waits for it.
+    pub(crate) async fn close(&self, purger: Option<Addr<Purger>>) {
+        self.drain.begin_close();
+        self.drain.idle().await;
+        if let Some(purger) = purger {
+            self.release_all_local().await;
+            if purger.send(StopPurger).await.is_err() {
+                tracing::debug!("purger had already stopped");
+            }
+            self.drain.finish_close();
+            tracing::info!("lock manager closed");
+        }
+        self.drain.closed().await;
+    }
+
+    pub(crate) async fn status(
+        &self,
+        resource_id: String,
+    ) -> Result<Option<HoldStatus>, LockError> {
+        let resource = ResourceId::new(resource_id)?;
+        self.store.status(&resource, self.clock.now()).await
+    }
+
+    pub(crate) async fn list_holds(&self) -> Result<Vec<HoldStatus>, LockError> {
+        self.store.list_holds(self.clock.now()).await
+    }
+}

@@ -1,0 +1,216 @@
+//! `Acquire`: waiting for a resource held by someone else, within a budget.
+//!
+//! Two pollings share one wait ([`Wait`]: the deadline, the caller, how many retries were made,
+//! whether an attempt's outcome is unknown): dplock's fixed polling, and the adaptive one, in
+//! which only the head of this manager's local queue probes, paced by [`Backoff`].
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::error::LockError;
+use crate::local::Place;
+use crate::messages::{Acquire, LockGrant, LockId, Polling, ResourceId};
+use crate::reply::Caller;
+use crate::store::is_transient;
+
+use super::Core;
+
+impl Core {
+    pub(crate) async fn acquire(
+        self: &Rc<Self>,
+        msg: Acquire,
+        caller: &Caller,
+    ) -> Result<LockGrant, LockError> {
+        let resource = ResourceId::new(msg.resource_id)?;
+        let lock_id = LockId::generate();
+        tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
+        // dplock's fixed polling counts tries; its deadline only leaves room for the last one.
+        let budget = match (msg.timeout, msg.polling) {
+            (Some(timeout), _) => timeout,
+            (None, Polling::Adaptive) => self.config.acquire_budget(),
+            (None, Polling::Fixed) => self.config.acquire_budget() + self.config.acquire_period,
+        };
+        let wait = Wait {
+            deadline: Instant::now() + budget,
+            caller,
+            retries: Cell::new(0),
+            uncertain: Cell::new(false),
+        };
+        let result = match msg.polling {
+            Polling::Fixed => self.acquire_fixed(&resource, &lock_id, &wait).await,
+            Polling::Adaptive => self.acquire_adaptive(&resource, &lock_id, &wait).await,
+        };
+        let result = match result {
+            Ok(grant) => return self.deliver(grant, caller, msg.keep_alive),
+            Err(WaitEnd::Error(e)) => e,
+            Err(WaitEnd::OutOfTime) => match msg.timeout {
+                None => LockError::AcquireMaxRetries {
+                    resource_id: resource.to_string(),
+                    retries: wait.retries.get(),
+                },
+                Some(waited) => LockError::AcquireTimeout {
+                    resource_id: resource.to_string(),
+                    waited,
+                },
+            },
+        };
+        self.release_if_uncertain(lock_id, wait.uncertain.get());
+        Err(result)
+    }
+
+    /// dplock's Acquire: a try every `acquire_period`, `acquire_max_retries` times after the
+    /// first. A retry counts from the moment it is decided, before its pause.
+    async fn acquire_fixed(
+        &self,
+        resource: &ResourceId,
+        lock_id: &LockId,
+        wait: &Wait<'_>,
+    ) -> Result<LockGrant, WaitEnd> {
+        loop {
+            if let Some(grant) = self.attempt_tolerant(resource, lock_id, wait).await? {
+                return Ok(grant);
+            }
+            if wait.retries.get() == self.config.acquire_max_retries {
+                return Err(WaitEnd::OutOfTime);
+            }
+            wait.count_retry();
+            self.pause(self.config.acquire_period, None, wait).await?;
+        }
+    }
+
+    /// Waits in this manager's queue for `resource`: only the head probes the database, and not
+    /// while this manager itself holds the resource; a release here wakes the head at once.
+    /// Every probe after the first counts as a retry.
+    async fn acquire_adaptive(
+        &self,
+        resource: &ResourceId,
+        lock_id: &LockId,
+        wait: &Wait<'_>,
+    ) -> Result<LockGrant, WaitEnd> {
+        // Take a place in line before the first probe, so arrival order is grant order.
+        let place = self.waiters.join(resource);
+        let mut backoff = Backoff::new(self.config.acquire_period);
+        let mut probed = false;
+        loop {
+            let held_here = self.holds.live_lease(resource, self.clock.now());
+            if place.is_head() && held_here.is_none() {
+                if probed {
+                    wait.count_retry();
+                }
+                probed = true;
+                if let Some(grant) = self.attempt_tolerant(resource, lock_id, wait).await? {
+                    // Leaving the line wakes the next waiter, which sees the hold and waits.
+                    drop(place);
+                    return Ok(grant);
+                }
+            }
+            let pause = match held_here {
+                // Held through this manager: its Unlock wakes us; otherwise its lease ends.
+                Some(expires_at) => self.clock.until(expires_at),
+                None if place.is_head() => backoff.next_pause(),
+                None => wait.remaining(),
+            };
+            self.pause(pause, Some(&place), wait).await?;
+        }
+    }
+
+    /// An attempt inside a wait, cut off at the wait's deadline. A transient database error
+    /// counts as "not yet"; it, or a cut-off, leaves the attempt's outcome unknown, which the
+    /// wait remembers so that a wait ending without a grant releases the lock id after all.
+    async fn attempt_tolerant(
+        &self,
+        resource: &ResourceId,
+        lock_id: &LockId,
+        wait: &Wait<'_>,
+    ) -> Result<Option<LockGrant>, WaitEnd> {
+        let attempt = self.attempt(resource, lock_id);
+        match tokio::time::timeout_at(wait.deadline.into(), attempt).await {
+            Ok(Ok(grant)) => Ok(grant),
+            Ok(Err(e)) if is_transient(&e) => {
+                wait.uncertain.set(true);
+                tracing::warn!(error = %e, "grant attempt failed; retrying within the wait budget");
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(WaitEnd::Error(e)),
+            Err(_) => {
+                wait.uncertain.set(true);
+                Err(WaitEnd::OutOfTime)
+            }
+        }
+    }
+
+    /// Sleeps up to `pause`, waking early when this waiter is told to try, and ending the wait
+    /// when the deadline passes, the manager closes or the caller leaves.
+    async fn pause(
+        &self,
+        pause: Duration,
+        place: Option<&Place>,
+        wait: &Wait<'_>,
+    ) -> Result<(), WaitEnd> {
+        let remaining = wait.remaining();
+        if remaining.is_zero() {
+            return Err(WaitEnd::OutOfTime);
+        }
+        let woken = async {
+            match place {
+                Some(place) => place.woken().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause.min(remaining)) => Ok(()),
+            () = woken => Ok(()),
+            () = self.drain.closing() => Err(WaitEnd::Error(LockError::Closing)),
+            () = wait.caller.gone() => Err(WaitEnd::Error(LockError::Closing)),
+        }
+    }
+}
+
+/// One Acquire's wait: its limits and what it has seen so far.
+struct Wait<'a> {
+    deadline: Instant,
+    caller: &'a Caller,
+    /// Retries made after the first attempt, for `AcquireMaxRetries`.
+    retries: Cell<u32>,
+    /// Whether an attempt's outcome is unknown (its reply was lost or cut off).
+    uncertain: Cell<bool>,
+}
+
+impl Wait<'_> {
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn count_retry(&self) {
+        self.retries.set(self.retries.get() + 1);
+    }
+}
+
+/// Why a wait ended without a grant.
+enum WaitEnd {
+    OutOfTime,
+    Error(LockError),
+}
+
+/// The pauses of [`Polling::Adaptive`](crate::Polling::Adaptive), whose rustdoc states the
+/// schedule (the unit tests below pin it).
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(acquire_period: Duration) -> Self {
+        let max = acquire_period / 10;
+        Backoff { next: max / 2, max }
+    }
+
+    fn next_pause(&mut self) -> Duration {
+        let base = self.next;
+        self.next = self.max;
+        // The randomness of a v4 UUID serves as jitter.
+        let fraction = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
+        base.mul_f64(0.9 + 0.4 * fraction)
+    }
+}
