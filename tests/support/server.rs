@@ -1,11 +1,11 @@
 //! The server the tests talk to: the one in `MONGODB_URI` (set by `scripts/with-mongo`, or by
 //! hand for a real MongoDB). There is no fallback: without it every test fails, loudly.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix::Addr;
 use actix_mongo_lock::{LockConfig, LockManager};
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 
@@ -69,6 +69,48 @@ pub async fn stored(config: &LockConfig, resource_id: &str) -> Option<Document> 
         .find_one(doc! { "resource": format!("{}-{resource_id}", config.name) })
         .await
         .expect("find the lock document")
+}
+
+/// A stored document's `fence`, widened to i64 (nx-27017 answers Int32); panics if it is
+/// missing or not an integer.
+pub fn stored_fence(document: &Document) -> i64 {
+    match document.get("fence") {
+        Some(Bson::Int64(f)) => *f,
+        Some(Bson::Int32(f)) => i64::from(*f),
+        other => panic!("fence is {other:?}"),
+    }
+}
+
+/// The live hold of a resource as the server stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHold {
+    pub lock_id: String,
+    pub fence: i64,
+    pub created_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+impl StoredHold {
+    /// The lock id and the fence, the two a test usually compares.
+    pub fn id_and_fence(self) -> (String, i64) {
+        (self.lock_id, self.fence)
+    }
+}
+
+/// The hold stored for `resource_id`, read directly from the server (not through any proxy),
+/// or `None` when the resource is free.
+pub async fn stored_hold(config: &LockConfig, resource_id: &str) -> Option<StoredHold> {
+    let document = stored(config, resource_id).await?;
+    let exclusive = document.get_document("exclusive").ok()?;
+    if exclusive.get("acquired") != Some(&Bson::Boolean(true)) {
+        return None;
+    }
+    Some(StoredHold {
+        lock_id: exclusive.get_str("lockId").ok()?.to_owned(),
+        fence: stored_fence(&document),
+        created_at: exclusive.get_datetime("createdAt").ok()?.to_system_time(),
+        expires_at: exclusive.get_datetime("expiresAt").ok()?.to_system_time(),
+    })
 }
 
 /// Every document of `config`'s collection, in a stable order, to compare snapshots.
