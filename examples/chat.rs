@@ -64,12 +64,8 @@ impl Room {
         println!("{at:6.2} s  {who:<12}  {what}");
     }
 
-    fn holder(&self, thing: &str) -> String {
-        let holders = self.holders.borrow();
-        holders
-            .get(thing)
-            .cloned()
-            .unwrap_or_else(|| "someone".to_owned())
+    fn holder(&self, thing: &str) -> Option<String> {
+        self.holders.borrow().get(thing).cloned()
     }
 
     /// Forgets `who` as the holder of `thing`, unless the next holder is already known.
@@ -82,7 +78,7 @@ impl Room {
 }
 
 /// One hold as its worker saw it: from the grant's reply (the server granted no later) until
-/// the release was sent (the server released no later), or until the lease could end.
+/// the release was sent (the server released no earlier), or until the lease could end.
 struct Hold {
     thing: &'static str,
     worker: String,
@@ -108,12 +104,26 @@ struct Tally {
     held: Duration,
 }
 
-/// A worker: an actor taking turns (think, ask, hold, hand back) until the manager closes.
-struct Worker {
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.grants += other.grants;
+        self.refused += other.refused;
+        self.longest_wait = self.longest_wait.max(other.longest_wait);
+        self.held += other.held;
+    }
+}
+
+/// Who a worker is, and whom it talks to.
+struct Seat {
     name: String,
     uses_lock: bool,
     manager: Addr<LockManager>,
     room: Rc<Room>,
+}
+
+/// A worker: an actor taking turns (think, ask, hold, hand back) until the manager closes.
+struct Worker {
+    seat: Rc<Seat>,
     rng: SplitMix64,
     tally: Tally,
     report: Option<oneshot::Sender<Tally>>,
@@ -135,80 +145,69 @@ impl Actor for Worker {
 
 impl Worker {
     fn next_turn(&mut self, ctx: &mut Context<Self>) {
-        let thing = self.rng.between(0, THINGS.len() as u64 - 1) as usize;
-        let think = self.rng.millis(300, 1500);
-        let hold = self.rng.millis(200, 800);
-        let turn = take_turn(
-            self.name.clone(),
-            self.uses_lock,
-            self.manager.clone(),
-            Rc::clone(&self.room),
-            THINGS[thing],
-            think,
-            hold,
-        );
-        ctx.wait(turn.into_actor(self).map(|turn, worker, ctx| {
-            match turn {
-                Turn::Held { waited, held } => {
-                    worker.tally.grants += 1;
-                    worker.tally.longest_wait = worker.tally.longest_wait.max(waited);
-                    worker.tally.held += held;
-                }
-                Turn::Refused => worker.tally.refused += 1,
-                Turn::Closed => return ctx.stop(),
+        let thing = THINGS[self.rng.between(0, THINGS.len() as u64 - 1) as usize];
+        let (think, hold) = (self.rng.millis(300, 1500), self.rng.millis(200, 800));
+        let turn = take_turn(Rc::clone(&self.seat), thing, think, hold);
+        ctx.wait(turn.into_actor(self).map(|turn, worker, ctx| match turn {
+            Turn::Closed => ctx.stop(),
+            Turn::Refused => {
+                worker.tally.refused += 1;
+                worker.next_turn(ctx);
             }
-            worker.next_turn(ctx);
+            Turn::Held { waited, held } => {
+                worker.tally.add(&Tally {
+                    grants: 1,
+                    refused: 0,
+                    longest_wait: waited,
+                    held,
+                });
+                worker.next_turn(ctx);
+            }
         }));
     }
 }
 
 /// One turn: think, ask for `thing`, use it for `hold`, hand it back.
 async fn take_turn(
-    me: String,
-    uses_lock: bool,
-    manager: Addr<LockManager>,
-    room: Rc<Room>,
+    seat: Rc<Seat>,
     (thing, activity): (&'static str, &str),
     think: Duration,
     hold: Duration,
 ) -> Turn {
+    let (me, room) = (&seat.name, &seat.room);
     actix_rt::time::sleep(think).await;
     let asked = Instant::now();
-    let answer = if uses_lock {
-        manager.send(Lock::new(thing)).await
+    let answer = if seat.uses_lock {
+        seat.manager.send(Lock::new(thing)).await
     } else {
-        if room.holders.borrow().contains_key(thing) {
-            room.say(
-                &me,
-                format_args!("waits for the {thing} ({} has it)", room.holder(thing)),
-            );
+        if let Some(holder) = room.holder(thing) {
+            room.say(me, format!("waits for the {thing} ({holder} has it)"));
         }
-        manager.send(Acquire::new(thing).timeout(PATIENCE)).await
+        seat.manager
+            .send(Acquire::new(thing).timeout(PATIENCE))
+            .await
     };
-    let grant = match answer {
-        Ok(Ok(grant)) => grant,
-        Ok(Err(LockError::AlreadyLocked { .. })) => {
-            let holder = room.holder(thing);
+    // A mailbox error means the manager has stopped: as good as closed.
+    let grant = match answer.unwrap_or(Err(LockError::ManagerStopped)) {
+        Ok(grant) => grant,
+        Err(LockError::AlreadyLocked { .. }) => {
+            let holder = room.holder(thing).unwrap_or_else(|| "someone".to_owned());
             room.say(
-                &me,
-                format_args!("finds the {thing} taken ({holder} has it), comes back later"),
+                me,
+                format!("finds the {thing} taken ({holder} has it), comes back later"),
             );
             return Turn::Refused;
         }
-        Ok(Err(LockError::Closing)) => {
+        Err(e @ (LockError::Closing | LockError::ManagerStopped)) => {
             room.say(
-                &me,
-                format_args!("asked for the {thing}, is answered Closing, leaves"),
+                me,
+                format!("asks for the {thing}, is answered {e:?}, leaves"),
             );
             return Turn::Closed;
-        }
-        Ok(Err(e)) => {
-            room.say(&me, format_args!("does not get the {thing}: {e}"));
-            return Turn::Refused;
         }
         Err(e) => {
-            room.say(&me, format_args!("cannot reach the manager ({e}), leaves"));
-            return Turn::Closed;
+            room.say(me, format!("does not get the {thing}: {e}"));
+            return Turn::Refused;
         }
     };
 
@@ -216,54 +215,45 @@ async fn take_turn(
     room.holders.borrow_mut().insert(thing, me.clone());
     let fence = grant.fence;
     room.say(
-        &me,
-        format_args!(
+        me,
+        format!(
             "takes the {thing} (fence {fence}), {activity} for {} ms",
             hold.as_millis()
         ),
     );
     actix_rt::time::sleep(hold).await;
     let sent = Instant::now();
-    let released = manager.send(Unlock::new(grant.lock_id)).await;
-    room.hands_back(thing, &me);
-    let until = match released {
-        Ok(Ok(UnlockOutcome::Released | UnlockOutcome::Unconfirmed)) => {
-            room.say(&me, format_args!("hands back the {thing}"));
+    let released = seat.manager.send(Unlock::new(grant.lock_id)).await;
+    room.hands_back(thing, me);
+    let until = match released.unwrap_or(Err(LockError::ManagerStopped)) {
+        Ok(UnlockOutcome::Released | UnlockOutcome::Unconfirmed) => {
+            room.say(me, format!("hands back the {thing}"));
             Some(sent)
         }
-        Ok(Ok(UnlockOutcome::NotHeld)) => {
-            room.say(
-                &me,
-                format_args!("finds the lease on the {thing} had run out"),
-            );
+        Ok(UnlockOutcome::NotHeld) => {
+            room.say(me, format!("finds the lease on the {thing} had run out"));
             // The lease began no earlier than the request, so it ran at least until this.
             Some(sent.min(asked + LEASE))
         }
-        Ok(Err(LockError::Closing)) => {
+        Err(LockError::Closing) => {
             room.say(
-                &me,
-                format_args!("hands back the {thing}: Close has released it already"),
-            );
-            None
-        }
-        Ok(Err(e)) => {
-            room.say(
-                &me,
-                format_args!("cannot hand back the {thing} ({e}); the lease will end it"),
+                me,
+                format!("hands back the {thing}: Close has released it already"),
             );
             None
         }
         Err(e) => {
             room.say(
-                &me,
-                format_args!("cannot reach the manager ({e}); the lease will end the hold"),
+                me,
+                format!("cannot hand back the {thing} ({e}); the lease will end it"),
             );
             None
         }
     };
+    let worker = me.clone();
     room.holds.borrow_mut().push(Hold {
         thing,
-        worker: me,
+        worker,
         fence,
         from,
         until,
@@ -325,9 +315,12 @@ async fn main() {
         Some(process) => format!("{process}/{name}"),
         None => name.to_owned(),
     };
+    let lease = LEASE.as_secs();
     room.say(
         &named("room"),
-        format_args!("opens for {seconds} s; leases of {} s", LEASE.as_secs()),
+        format!(
+            "opens for {seconds} s, with the microphone and the whiteboard; leases of {lease} s"
+        ),
     );
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -335,28 +328,30 @@ async fn main() {
     let mut seeds = SplitMix64(seed);
     let mut reports = Vec::new();
     for (index, name) in NAMES.iter().enumerate() {
-        let (report, reported) = oneshot::channel();
         let uses_lock = index % 3 == 2;
-        let name = named(name);
+        let seat = Rc::new(Seat {
+            name: named(name),
+            uses_lock,
+            manager: manager.clone(),
+            room: Rc::clone(&room),
+        });
         room.say(
-            &name,
+            &seat.name,
             if uses_lock {
                 "asks with Lock, once"
             } else {
                 "asks with Acquire, and waits"
             },
         );
+        let (report, reported) = oneshot::channel();
+        reports.push((Rc::clone(&seat), reported));
         Worker {
-            name: name.clone(),
-            uses_lock,
-            manager: manager.clone(),
-            room: Rc::clone(&room),
+            seat,
             rng: SplitMix64(seeds.next_u64()),
             tally: Tally::default(),
             report: Some(report),
         }
         .start();
-        reports.push((name, uses_lock, reported));
     }
 
     let interrupted = tokio::select! {
@@ -364,46 +359,43 @@ async fn main() {
         signal = actix_rt::signal::ctrl_c() => signal.is_ok(),
     };
     let why = if interrupted { "Ctrl-C" } else { "time is up" };
-    room.say(&named("room"), format_args!("{why}: sends Close"));
+    room.say(&named("room"), format!("{why}: sends Close"));
     // Close answers once every message in flight is answered and every hold is released. Each
     // worker then leaves at its next answer: within one think and one hold (2.3 s at most).
     if manager.send(Close).await.is_err() {
         eprintln!("chat: the manager had stopped already");
     }
+    room.holders.borrow_mut().clear();
     room.say(
         &named("room"),
         "is closed: every message answered, every hold released",
     );
+    let mut tallies = Vec::new();
+    for (seat, reported) in reports {
+        tallies.push((seat, reported.await.unwrap_or_default()));
+    }
 
+    let row = |name: &str, asks_with: &str, t: &Tally| {
+        let (wait, held) = (t.longest_wait.as_millis(), t.held.as_secs_f64());
+        println!(
+            "{name:<12}  {asks_with:<9}  {:>6}  {:>7}  {wait:>9} ms  {held:>7.1} s",
+            t.grants, t.refused
+        );
+    };
     println!(
-        "\n{:<12}  {:<9}  {:>6}  {:>7}  {:>12}  {:>9}",
-        "worker", "asks with", "grants", "refused", "longest wait", "time held"
+        "\n{:<12}  {:<9}  grants  refused  longest wait  time held",
+        "worker", "asks with"
     );
     let mut total = Tally::default();
-    for (name, uses_lock, reported) in reports {
-        let tally = reported.await.unwrap_or_default();
-        let asks_with = if uses_lock { "Lock" } else { "Acquire" };
-        println!(
-            "{name:<12}  {asks_with:<9}  {:>6}  {:>7}  {:>9} ms  {:>7.1} s",
-            tally.grants,
-            tally.refused,
-            tally.longest_wait.as_millis(),
-            tally.held.as_secs_f64()
+    for (seat, tally) in &tallies {
+        row(
+            &seat.name,
+            if seat.uses_lock { "Lock" } else { "Acquire" },
+            tally,
         );
-        total.grants += tally.grants;
-        total.refused += tally.refused;
-        total.longest_wait = total.longest_wait.max(tally.longest_wait);
-        total.held += tally.held;
+        total.add(tally);
     }
-    println!(
-        "{:<12}  {:<9}  {:>6}  {:>7}  {:>9} ms  {:>7.1} s\n",
-        "all",
-        "",
-        total.grants,
-        total.refused,
-        total.longest_wait.as_millis(),
-        total.held.as_secs_f64()
-    );
+    row("all", "", &total);
 
     let mut holds = room.holds.take();
     let found = overlaps(&mut holds);
@@ -417,7 +409,7 @@ async fn main() {
         std::process::exit(1);
     }
     println!(
-        "no thing was held by two workers at once ({} holds checked)",
+        "\nno thing was held by two workers at once ({} holds checked)",
         holds.len()
     );
 }

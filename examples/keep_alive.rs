@@ -152,6 +152,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if pages >= PAGES {
         return Err("the writer finished without hearing of the loss".into());
     }
-    println!("the writer stopped after {pages} of {PAGES} pages, told of the loss in time");
+    println!("the writer stopped after {pages} of {PAGES} pages: keep-alive told it of the loss");
     Ok(())
 }
