@@ -15,8 +15,9 @@
 //!
 //! Then a summary per worker, and a check over every hold this process saw that no thing was
 //! held by two workers at once; the exit status is 1 if one was. Two chat processes on one
-//! server share the lock family `chat` and contend with each other; `--process-name` tells
-//! their workers apart. Tracing logs go to stderr when `RUST_LOG` is set.
+//! server share the lock family `chat` and contend with each other: `--process-name` names the
+//! owner stored with their holds, which `Status` shows to the other process. Tracing logs go to
+//! stderr when `RUST_LOG` is set.
 
 #[path = "support/flags.rs"]
 mod flags;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use actix_mongo_lock::{
-    Acquire, Close, Lock, LockConfig, LockError, LockManager, Unlock, UnlockOutcome,
+    Acquire, Close, Lock, LockConfig, LockError, LockManager, Status, Unlock, UnlockOutcome,
 };
 use split_mix::SplitMix64;
 use tokio::sync::oneshot;
@@ -191,7 +192,10 @@ async fn take_turn(
     let grant = match answer.unwrap_or(Err(LockError::ManagerStopped)) {
         Ok(grant) => grant,
         Err(LockError::AlreadyLocked { .. }) => {
-            let holder = room.holder(thing).unwrap_or_else(|| "someone".to_owned());
+            let holder = match room.holder(thing) {
+                Some(holder) => holder,
+                None => held_elsewhere(&seat.manager, thing).await,
+            };
             room.say(
                 me,
                 format!("finds the {thing} taken ({holder} has it), comes back later"),
@@ -264,6 +268,15 @@ async fn take_turn(
     }
 }
 
+/// Who holds `thing` when no worker here does: `Status` shows the owner stored with the hold
+/// (another chat's `--process-name`), never its lock id.
+async fn held_elsewhere(manager: &Addr<LockManager>, thing: &str) -> String {
+    match manager.send(Status::new(thing)).await {
+        Ok(Ok(Some(hold))) if hold.live => hold.owner.unwrap_or_else(|| "someone".to_owned()),
+        _ => "nobody now".to_owned(),
+    }
+}
+
 /// Holds of one thing that overlapped. Sorted by their start, a thing's holds overlap somewhere
 /// exactly when two neighbours do, so neighbours are all there is to compare.
 fn overlaps(holds: &mut [Hold]) -> Vec<(&Hold, &Hold)> {
@@ -296,7 +309,7 @@ async fn main() {
     };
     let mut config = LockConfig::new(FAMILY).ttl(LEASE);
     if let Some(process) = &process {
-        config = config.owner(format!("chat:{process}"));
+        config = config.owner(process);
     }
     let manager = match LockManager::connect(&uri, config).await {
         Ok(manager) => manager,
