@@ -21,10 +21,10 @@ mod support;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use actix_mongo_lock::{Acquire, Lock, LockError, LockManager, Unlock, UnlockOutcome};
+use actix_mongo_lock::{Acquire, Lock, LockError, LockManager, UnlockOutcome};
 use split_mix::SplitMix64;
 use support::history::History;
-use support::server::{fast_config, manager};
+use support::server::{fast_config, hold_and_unlock, manager};
 use tokio::sync::oneshot;
 
 const ACTORS: usize = 16;
@@ -113,25 +113,11 @@ impl Contender {
                 }
                 Err(e) => return Err(Some(format!("{name} asking for {resource}: {e}"))),
             };
-            let id = history.granted(
-                &name,
-                &resource,
-                grant.fence,
-                requested,
-                SystemTime::now(),
-                requested + lease,
-            );
-            actix_rt::time::sleep(hold).await;
-            let sent = SystemTime::now();
-            match manager.send(Unlock::new(grant.lock_id)).await {
-                Ok(Ok(UnlockOutcome::Released)) => {
-                    history.released(id, sent, SystemTime::now());
-                    Ok(())
-                }
-                other => {
-                    history.lost(id, sent);
-                    Err(Some(format!("{name} releasing {resource}: {other:?}")))
-                }
+            let unlocked =
+                hold_and_unlock(&name, &manager, &history, grant, requested, lease, hold).await;
+            match unlocked {
+                Ok(Ok(UnlockOutcome::Released)) => Ok(()),
+                other => Err(Some(format!("{name} releasing {resource}: {other:?}"))),
             }
         };
         ctx.wait(operation.into_actor(self).map(|outcome, contender, ctx| {

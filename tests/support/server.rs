@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use actix::Addr;
-use actix_mongo_lock::{LockConfig, LockManager};
+use actix::{Addr, MailboxError};
+use actix_mongo_lock::{LockConfig, LockError, LockGrant, LockManager, Unlock, UnlockOutcome};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
@@ -127,9 +127,8 @@ pub async fn snapshot(config: &LockConfig) -> Vec<Document> {
         .expect("read the lock collection")
 }
 
-/// One caller taking turns on `resource` until `deadline`: Acquire, hold for `hold`, Unlock,
-/// recording every hold in `history` as `name` (a release that changed nothing, or could not be
-/// confirmed, counts as the moment the holder stopped relying on the hold).
+/// One caller taking turns on `resource` until `deadline`: Acquire, then [`hold_and_unlock`]
+/// as `name`.
 pub async fn take_turns(
     name: String,
     locks: Addr<LockManager>,
@@ -139,27 +138,46 @@ pub async fn take_turns(
     hold: Duration,
     deadline: std::time::Instant,
 ) {
-    use actix_mongo_lock::{Acquire, Unlock, UnlockOutcome};
-    use std::time::SystemTime;
+    use actix_mongo_lock::Acquire;
     while std::time::Instant::now() < deadline {
         let requested = SystemTime::now();
         let Ok(grant) = locks.send(Acquire::new(resource)).await.unwrap() else {
             continue;
         };
-        let id = history.granted(
-            &name,
-            resource,
-            grant.fence,
-            requested,
-            SystemTime::now(),
-            requested + lease,
-        );
-        actix_rt::time::sleep(hold).await;
-        let sent = SystemTime::now();
-        match locks.send(Unlock::new(grant.lock_id)).await.unwrap() {
-            Ok(UnlockOutcome::Released) => history.released(id, sent, SystemTime::now()),
-            Ok(UnlockOutcome::NotHeld | UnlockOutcome::Unconfirmed) => history.lost(id, sent),
-            Err(e) => panic!("{name}'s Unlock failed: {e}"),
+        let unlocked = hold_and_unlock(&name, &locks, &history, grant, requested, lease, hold);
+        if let Err(e) = unlocked.await.unwrap() {
+            panic!("{name}'s Unlock failed: {e}");
         }
     }
+}
+
+/// Records `grant` (asked for at `requested`) in `history` as `name`'s, holds it for `hold`,
+/// then Unlocks it and records the release; an Unlock that released nothing, could not be
+/// confirmed or failed counts as the moment the holder stopped relying on the hold. Answers
+/// what the Unlock answered.
+pub async fn hold_and_unlock(
+    name: &str,
+    locks: &Addr<LockManager>,
+    history: &super::history::History,
+    grant: LockGrant,
+    requested: SystemTime,
+    lease: Duration,
+    hold: Duration,
+) -> Result<Result<UnlockOutcome, LockError>, MailboxError> {
+    let id = history.granted(
+        name,
+        grant.resource_id.as_str(),
+        grant.fence,
+        requested,
+        SystemTime::now(),
+        requested + lease,
+    );
+    actix_rt::time::sleep(hold).await;
+    let sent = SystemTime::now();
+    let unlocked = locks.send(Unlock::new(grant.lock_id)).await;
+    match unlocked {
+        Ok(Ok(UnlockOutcome::Released)) => history.released(id, sent, SystemTime::now()),
+        _ => history.lost(id, sent),
+    }
+    unlocked
 }
