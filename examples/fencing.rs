@@ -45,8 +45,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Short leases, so the pause below outlasts one.
     let config = LockConfig::new(&family).ttl(Duration::from_secs(1));
-    let slow = LockManager::with_client(client.clone(), config.clone()).await?;
-    let fast = LockManager::with_client(client.clone(), config).await?;
+    let slow = LockManager::connect(&uri, config.clone()).await?;
+    let fast = LockManager::connect(&uri, config).await?;
 
     let first = slow.send(Acquire::new("invoice-42")).await??;
     println!("slow worker holds invoice 42 with fence {}", first.fence);

@@ -10,7 +10,6 @@ mod support;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,12 +18,12 @@ use actix_mongo_lock::{
     Acquire, KeepAlive, LeaseLost, Lock, LockConfig, LockError, LockGrant, LockId, LockManager,
     Renew, Unlock, UnlockOutcome,
 };
-use mongodb::bson::{Bson, Document};
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 use support::history::History;
+use support::poll::{eventually, eventually_or_none};
 use support::proxy::{upstream_from_env, FaultProxy};
-use support::server::{fast_config, manager, stored};
+use support::server::{fast_config, manager, stored_hold, StoredHold};
 
 /// A client through `proxy` that notices a dead or silent server fast: connections (and
 /// heartbeats, whose timeout is the connect timeout) give up after 1 s and the server is checked
@@ -60,48 +59,16 @@ async fn proxy() -> FaultProxy {
         .expect("start the fault proxy")
 }
 
-/// The hold stored for `resource`, read directly from the server (not through any proxy):
-/// its lock id and fence, or `None` when the resource is free.
-async fn stored_hold(config: &LockConfig, resource: &str) -> Option<(String, i64)> {
-    let document = stored(config, resource).await?;
-    let exclusive = document.get_document("exclusive").ok()?;
-    if exclusive.get("acquired") != Some(&Bson::Boolean(true)) {
-        return None;
-    }
-    let lock_id = exclusive.get_str("lockId").ok()?.to_owned();
-    Some((lock_id, fence_of(&document)))
-}
-
-fn fence_of(document: &Document) -> i64 {
-    match document.get("fence") {
-        Some(Bson::Int64(f)) => *f,
-        Some(Bson::Int32(f)) => i64::from(*f),
-        other => panic!("fence is {other:?}"),
-    }
-}
-
-/// Polls `check` every 5 ms until it yields a value; panics after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Waits until the server stores a hold of `resource` and returns it.
 async fn stored_grant(config: &LockConfig, resource: &str) -> (String, i64) {
     eventually(
         "the grant reaches the server",
         Duration::from_secs(5),
-        || stored_hold(config, resource),
+        || async {
+            stored_hold(config, resource)
+                .await
+                .map(StoredHold::id_and_fence)
+        },
     )
     .await
 }
@@ -354,7 +321,9 @@ async fn an_acquire_whose_grant_reply_was_lost_recognises_its_own_hold_when_it_r
         "the retry waited for the lease ({took:?}) instead of recognising its own hold"
     );
     assert_eq!(
-        stored_hold(&config, "r").await,
+        stored_hold(&config, "r")
+            .await
+            .map(StoredHold::id_and_fence),
         Some((stored_id, grant.fence))
     );
     assert!(proxy.connections_refused() > 0, "the server was never away");
@@ -388,7 +357,9 @@ async fn a_lock_whose_grant_reply_was_lost_is_released_in_the_background_once_th
     // release cannot get through while the server is away.
     actix_rt::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        stored_hold(&config, "r").await,
+        stored_hold(&config, "r")
+            .await
+            .map(StoredHold::id_and_fence),
         Some((stored_id.clone(), stored_fence)),
         "the hold changed while the server was away"
     );
@@ -429,7 +400,9 @@ async fn an_unlock_retries_until_the_server_is_back_and_then_releases() {
         "the Unlock answered while the server was away"
     );
     assert_eq!(
-        stored_hold(&config, "r").await,
+        stored_hold(&config, "r")
+            .await
+            .map(StoredHold::id_and_fence),
         Some((grant.lock_id.to_string(), grant.fence)),
         "released while the server was away?"
     );
@@ -600,7 +573,7 @@ async fn a_lock_request_that_lands_after_its_failure_was_reported_is_still_relea
 
     // The delayed request lands at `sent + delay`.
     let landed = eventually_or_none(delay, || async { stored_hold(&config, "r").await }).await;
-    let Some((late_id, _)) = landed else {
+    let Some(late) = landed else {
         eprintln!("the delayed Lock request never landed; nothing to release");
         return;
     };
@@ -614,26 +587,8 @@ async fn a_lock_request_that_lands_after_its_failure_was_reported_is_still_relea
         "a Lock that answered {answer:?} after {failed_after:?} was granted on the server \
          {landed_after:?} after it was sent (lock id {}…), and still holds \"r\" 5 s later: \
          nothing releases it until its lease ends (30 s)",
-        &late_id[..8]
+        &late.lock_id[..8]
     );
-}
-
-/// Like [`eventually`], but answers `None` instead of panicking.
-async fn eventually_or_none<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,7 +713,9 @@ async fn a_holder_cut_off_longer_than_its_lease_is_told_and_taken_over_only_afte
         .unwrap();
     assert!(matches!(renew, Err(LockError::LockLost)), "{renew:?}");
     assert_eq!(
-        stored_hold(&config, "r").await,
+        stored_hold(&config, "r")
+            .await
+            .map(StoredHold::id_and_fence),
         Some((second.lock_id.to_string(), second.fence))
     );
     history.assert_ok();

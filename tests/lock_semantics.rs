@@ -9,15 +9,7 @@ use actix_mongo_lock::{
     Acquire, Close, Lock, LockConfig, LockError, LockId, LockManager, Unlock, UnlockOutcome,
 };
 use mongodb::bson::{doc, Bson};
-use support::server::{client, fast_config, manager, snapshot, stored};
-
-fn stored_fence(document: &mongodb::bson::Document) -> i64 {
-    match document.get("fence") {
-        Some(Bson::Int64(f)) => *f,
-        Some(Bson::Int32(f)) => i64::from(*f),
-        other => panic!("fence is {other:?}"),
-    }
-}
+use support::server::{client, fast_config, manager, snapshot, stored, stored_fence};
 
 fn stored_lock_id(document: &mongodb::bson::Document) -> Option<String> {
     document

@@ -26,7 +26,10 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use support::contender::{Contender, ContenderRun};
 use support::history::History;
 use support::own_server::{free_port, OwnServer, ScratchDir, Stop, Storage};
-use support::server::{client_for, collection, fast_config, manager, stored, unique_name, uri};
+use support::server::{
+    client_for, collection, fast_config, manager, stored, stored_fence, stored_hold, unique_name,
+    uri,
+};
 
 /// One test at a time in this binary.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -40,33 +43,6 @@ fn env_number(name: &str, default: u64) -> u64 {
             .unwrap_or_else(|e| panic!("{name}={value:?} is not a number: {e}")),
         Err(_) => default,
     }
-}
-
-fn fence_of(document: &Document) -> i64 {
-    match document.get("fence") {
-        Some(Bson::Int64(f)) => *f,
-        Some(Bson::Int32(f)) => i64::from(*f),
-        other => panic!("fence is {other:?}"),
-    }
-}
-
-/// The live hold stored for `resource`: (lock id, fence, createdAt, expiresAt), or `None` when
-/// free.
-async fn stored_hold(
-    config: &LockConfig,
-    resource: &str,
-) -> Option<(String, i64, SystemTime, SystemTime)> {
-    let document = stored(config, resource).await?;
-    let exclusive = document.get_document("exclusive").ok()?;
-    if exclusive.get("acquired") != Some(&Bson::Boolean(true)) {
-        return None;
-    }
-    Some((
-        exclusive.get_str("lockId").ok()?.to_owned(),
-        fence_of(&document),
-        exclusive.get_datetime("createdAt").ok()?.to_system_time(),
-        exclusive.get_datetime("expiresAt").ok()?.to_system_time(),
-    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,7 +148,7 @@ async fn contention_soak_keeps_mutual_exclusion_across_processes() {
         let document = stored(&config, &resource)
             .await
             .expect("the resource was stored");
-        let last = fence_of(&document);
+        let last = stored_fence(&document);
         assert_eq!(
             seen,
             (1..=last).collect::<BTreeSet<i64>>(),
@@ -215,7 +191,7 @@ async fn a_killed_holders_lock_is_taken_over_after_its_lease_and_its_id_releases
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(hold) = stored_hold(&config, "r0").await {
-                break hold;
+                break (hold.lock_id, hold.fence, hold.created_at, hold.expires_at);
             }
             assert!(
                 child.try_wait().unwrap().is_none(),
@@ -261,7 +237,10 @@ async fn a_killed_holders_lock_is_taken_over_after_its_lease_and_its_id_releases
     let dead = LockId::parse(&dead_id).expect("the stored lock id parses");
     let outcome = survivor.send(Unlock::new(dead)).await.unwrap().unwrap();
     assert_eq!(outcome, UnlockOutcome::NotHeld);
-    let (holder, fence, _, _) = stored_hold(&config, "r0").await.expect("still held");
+    let (holder, fence) = stored_hold(&config, "r0")
+        .await
+        .expect("still held")
+        .id_and_fence();
     assert_eq!(
         (holder.as_str(), fence),
         (grant.lock_id.as_str(), grant.fence)

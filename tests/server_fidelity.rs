@@ -1272,7 +1272,7 @@ async fn the_store_sends_exactly_the_operations_pinned_here() {
         .host(HOST);
     let collection = config.collection_name();
     let ttl_ms = i64::try_from(config.ttl.as_millis()).expect("the TTL fits");
-    let manager = LockManager::start(client, config)
+    let manager = LockManager::with_client(client, config)
         .await
         .expect("start a manager");
     let grant = manager.send(Lock::new("drift")).await.unwrap().unwrap();

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use support::history::{History, ViolationKind};
+use support::poll::until;
 use support::proxy::{parse_upstream, proxied_uri, upstream_from_env, FaultProxy};
 
 fn init_tracing() {
@@ -356,15 +357,6 @@ async fn closes_within(stream: &mut TcpStream, within: Duration) -> bool {
     )
 }
 
-/// Waits until `cond` holds, failing the test after `LONG`.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn proxy_passes_through() {
     init_tracing();
@@ -387,7 +379,10 @@ async fn proxy_passes_through() {
     assert_eq!(proxy.connections_opened(), 2);
     assert_eq!(proxy.open_connections(), 2);
     drop(a);
-    eventually("one connection to close", || proxy.open_connections() == 1).await;
+    until("one connection to close", LONG, || {
+        proxy.open_connections() == 1
+    })
+    .await;
 }
 
 #[actix_rt::test]
@@ -444,7 +439,7 @@ async fn proxy_drop_connections_closes_open_connections() {
     proxy.drop_connections();
     assert!(closes_within(&mut a, LONG).await, "a not closed");
     assert!(closes_within(&mut b, LONG).await, "b not closed");
-    eventually("no open connection", || proxy.open_connections() == 0).await;
+    until("no open connection", LONG, || proxy.open_connections() == 0).await;
 
     // New connections are still accepted.
     let mut c = connect(&proxy).await;
@@ -513,7 +508,7 @@ async fn proxy_refuse_new_keeps_open_connections_working() {
             );
         }
     }
-    eventually("the refusal to be counted", || {
+    until("the refusal to be counted", LONG, || {
         proxy.connections_refused() == 1
     })
     .await;

@@ -22,6 +22,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_mongo_lock::{Acquire, Close, LockConfig, LockError, LockManager, Unlock, UnlockOutcome};
 
+#[path = "../../examples/support/flags.rs"]
+mod flags;
+
+const USAGE: &str = "usage: lock-contender [--name FAMILY] [--process NAME] [--workers N] \
+                     [--resources N] [--seconds N] [--ttl-ms N] [--hold-ms N]";
+
 struct Args {
     name: String,
     process: String,
@@ -32,36 +38,22 @@ struct Args {
     hold_ms: u64,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        name: "contender".to_owned(),
-        process: format!("pid{}", std::process::id()),
-        workers: 4,
-        resources: 1,
-        seconds: 3,
-        ttl_ms: 2000,
-        hold_ms: 5,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|e| format!("{flag} {value}: {e}"))
-        };
-        match flag.as_str() {
-            "--name" => args.name = value.clone(),
-            "--process" => args.process = value.clone(),
-            "--workers" => args.workers = number()? as usize,
-            "--resources" => args.resources = number()? as usize,
-            "--seconds" => args.seconds = number()?,
-            "--ttl-ms" => args.ttl_ms = number()?,
-            "--hold-ms" => args.hold_ms = number()?,
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-    }
-    Ok(args)
+fn parse_args() -> Args {
+    flags::read("lock-contender", USAGE, |flags| {
+        Ok(Args {
+            name: flags
+                .text("--name")
+                .unwrap_or_else(|| "contender".to_owned()),
+            process: flags
+                .text("--process")
+                .unwrap_or_else(|| format!("pid{}", std::process::id())),
+            workers: flags.number("--workers", 4)? as usize,
+            resources: flags.number("--resources", 1)? as usize,
+            seconds: flags.number("--seconds", 3)?,
+            ttl_ms: flags.number("--ttl-ms", 2000)?,
+            hold_ms: flags.number("--hold-ms", 5)?,
+        })
+    })
 }
 
 fn unix_ms(t: SystemTime) -> u128 {
@@ -70,13 +62,7 @@ fn unix_ms(t: SystemTime) -> u128 {
 
 #[actix_rt::main]
 async fn main() {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("lock-contender: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = parse_args();
     let Ok(uri) = std::env::var("MONGODB_URI") else {
         eprintln!("lock-contender: MONGODB_URI is not set");
         std::process::exit(2);

@@ -8,5 +8,6 @@
 pub mod contender;
 pub mod history;
 pub mod own_server;
+pub mod poll;
 pub mod proxy;
 pub mod server;

@@ -1,11 +1,11 @@
 //! The server the tests talk to: the one in `MONGODB_URI` (set by `scripts/with-mongo`, or by
 //! hand for a real MongoDB). There is no fallback: without it every test fails, loudly.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use actix::Addr;
-use actix_mongo_lock::{LockConfig, LockManager};
-use mongodb::bson::{doc, Document};
+use actix::{Addr, MailboxError};
+use actix_mongo_lock::{LockConfig, LockError, LockGrant, LockManager, Unlock, UnlockOutcome};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 
@@ -71,6 +71,48 @@ pub async fn stored(config: &LockConfig, resource_id: &str) -> Option<Document> 
         .expect("find the lock document")
 }
 
+/// A stored document's `fence`, widened to i64 (nx-27017 answers Int32); panics if it is
+/// missing or not an integer.
+pub fn stored_fence(document: &Document) -> i64 {
+    match document.get("fence") {
+        Some(Bson::Int64(f)) => *f,
+        Some(Bson::Int32(f)) => i64::from(*f),
+        other => panic!("fence is {other:?}"),
+    }
+}
+
+/// The live hold of a resource as the server stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHold {
+    pub lock_id: String,
+    pub fence: i64,
+    pub created_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+impl StoredHold {
+    /// The lock id and the fence, the two a test usually compares.
+    pub fn id_and_fence(self) -> (String, i64) {
+        (self.lock_id, self.fence)
+    }
+}
+
+/// The hold stored for `resource_id`, read directly from the server (not through any proxy),
+/// or `None` when the resource is free.
+pub async fn stored_hold(config: &LockConfig, resource_id: &str) -> Option<StoredHold> {
+    let document = stored(config, resource_id).await?;
+    let exclusive = document.get_document("exclusive").ok()?;
+    if exclusive.get("acquired") != Some(&Bson::Boolean(true)) {
+        return None;
+    }
+    Some(StoredHold {
+        lock_id: exclusive.get_str("lockId").ok()?.to_owned(),
+        fence: stored_fence(&document),
+        created_at: exclusive.get_datetime("createdAt").ok()?.to_system_time(),
+        expires_at: exclusive.get_datetime("expiresAt").ok()?.to_system_time(),
+    })
+}
+
 /// Every document of `config`'s collection, in a stable order, to compare snapshots.
 pub async fn snapshot(config: &LockConfig) -> Vec<Document> {
     use futures::TryStreamExt;
@@ -85,9 +127,8 @@ pub async fn snapshot(config: &LockConfig) -> Vec<Document> {
         .expect("read the lock collection")
 }
 
-/// One caller taking turns on `resource` until `deadline`: Acquire, hold for `hold`, Unlock,
-/// recording every hold in `history` as `name` (a release that changed nothing, or could not be
-/// confirmed, counts as the moment the holder stopped relying on the hold).
+/// One caller taking turns on `resource` until `deadline`: Acquire, then [`hold_and_unlock`]
+/// as `name`.
 pub async fn take_turns(
     name: String,
     locks: Addr<LockManager>,
@@ -97,27 +138,46 @@ pub async fn take_turns(
     hold: Duration,
     deadline: std::time::Instant,
 ) {
-    use actix_mongo_lock::{Acquire, Unlock, UnlockOutcome};
-    use std::time::SystemTime;
+    use actix_mongo_lock::Acquire;
     while std::time::Instant::now() < deadline {
         let requested = SystemTime::now();
         let Ok(grant) = locks.send(Acquire::new(resource)).await.unwrap() else {
             continue;
         };
-        let id = history.granted(
-            &name,
-            resource,
-            grant.fence,
-            requested,
-            SystemTime::now(),
-            requested + lease,
-        );
-        actix_rt::time::sleep(hold).await;
-        let sent = SystemTime::now();
-        match locks.send(Unlock::new(grant.lock_id)).await.unwrap() {
-            Ok(UnlockOutcome::Released) => history.released(id, sent, SystemTime::now()),
-            Ok(UnlockOutcome::NotHeld | UnlockOutcome::Unconfirmed) => history.lost(id, sent),
-            Err(e) => panic!("{name}'s Unlock failed: {e}"),
+        let unlocked = hold_and_unlock(&name, &locks, &history, grant, requested, lease, hold);
+        if let Err(e) = unlocked.await.unwrap() {
+            panic!("{name}'s Unlock failed: {e}");
         }
     }
+}
+
+/// Records `grant` (asked for at `requested`) in `history` as `name`'s, holds it for `hold`,
+/// then Unlocks it and records the release; an Unlock that released nothing, could not be
+/// confirmed or failed counts as the moment the holder stopped relying on the hold. Answers
+/// what the Unlock answered.
+pub async fn hold_and_unlock(
+    name: &str,
+    locks: &Addr<LockManager>,
+    history: &super::history::History,
+    grant: LockGrant,
+    requested: SystemTime,
+    lease: Duration,
+    hold: Duration,
+) -> Result<Result<UnlockOutcome, LockError>, MailboxError> {
+    let id = history.granted(
+        name,
+        grant.resource_id.as_str(),
+        grant.fence,
+        requested,
+        SystemTime::now(),
+        requested + lease,
+    );
+    actix_rt::time::sleep(hold).await;
+    let sent = SystemTime::now();
+    let unlocked = locks.send(Unlock::new(grant.lock_id)).await;
+    match unlocked {
+        Ok(Ok(UnlockOutcome::Released)) => history.released(id, sent, SystemTime::now()),
+        _ => history.lost(id, sent),
+    }
+    unlocked
 }
