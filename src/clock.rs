@@ -146,3 +146,46 @@ impl ClockOffset {
         local + self.ahead - self.behind
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{ClockOffset, LocalClock, ServerClock};
+
+    #[test]
+    fn an_offset_turns_a_local_reading_into_the_servers() {
+        let local = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for server in [
+            local + Duration::from_millis(10_250),
+            local - Duration::from_millis(10_250),
+            local,
+        ] {
+            let offset = ClockOffset::between(local, server);
+            assert_eq!(offset.server_time(local), server);
+            let later = local + Duration::from_secs(7);
+            assert_eq!(offset.server_time(later), server + Duration::from_secs(7));
+        }
+        assert_eq!(ClockOffset::between(local, local), ClockOffset::default());
+    }
+
+    #[actix_rt::test]
+    async fn a_server_clock_corrects_a_skewed_local_clock() {
+        let skew = Duration::from_secs(10);
+        let fast = LocalClock::skewed(skew, true);
+        let clock = ServerClock::measure(fast, async { Ok(SystemTime::now()) })
+            .await
+            .expect("the reading succeeds");
+        let error = match clock.now().duration_since(SystemTime::now()) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        assert!(error < Duration::from_secs(1), "off by {error:?}");
+        let in_a_minute = clock.now() + Duration::from_secs(60);
+        assert!(clock.until(in_a_minute) > Duration::from_secs(59));
+        assert_eq!(
+            clock.until(SystemTime::now() - Duration::from_secs(1)),
+            Duration::ZERO
+        );
+    }
+}

@@ -14,6 +14,7 @@ use crate::messages::{Acquire, LockGrant, LockId, Polling, ResourceId};
 use crate::reply::Caller;
 use crate::store::is_transient;
 
+use super::grant::new_request;
 use super::Core;
 
 impl Core {
@@ -22,9 +23,7 @@ impl Core {
         msg: Acquire,
         caller: &Caller,
     ) -> Result<LockGrant, LockError> {
-        let resource = ResourceId::new(msg.resource_id)?;
-        let lock_id = LockId::generate();
-        tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
+        let (resource, lock_id) = new_request(msg.resource_id)?;
         // dplock's fixed polling counts tries; its deadline only leaves room for the last one.
         let budget = match (msg.timeout, msg.polling) {
             (Some(timeout), _) => timeout,
@@ -212,5 +211,48 @@ impl Backoff {
         // The randomness of a v4 UUID serves as jitter.
         let fraction = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
         base.mul_f64(0.9 + 0.4 * fraction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Backoff;
+    use crate::config::DEFAULT_ACQUIRE_PERIOD;
+
+    /// Whether `pause` is `base` stretched by a factor from 0.9 to 1.3 (within rounding).
+    fn jittered(pause: Duration, base: Duration) -> bool {
+        let (low, high) = (base.mul_f64(0.9), base.mul_f64(1.3));
+        pause + Duration::from_micros(1) >= low && pause <= high + Duration::from_micros(1)
+    }
+
+    #[test]
+    fn backoff_waits_a_twentieth_of_the_period_first_then_a_tenth_with_jitter() {
+        for _ in 0..200 {
+            let mut backoff = Backoff::new(DEFAULT_ACQUIRE_PERIOD);
+            let first = backoff.next_pause();
+            assert!(jittered(first, Duration::from_micros(12_500)), "{first:?}");
+            for _ in 0..20 {
+                let later = backoff.next_pause();
+                assert!(jittered(later, Duration::from_millis(25)), "{later:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_pauses_are_not_all_alike() {
+        let mut backoff = Backoff::new(Duration::from_millis(250));
+        backoff.next_pause();
+        let pauses: Vec<Duration> = (0..100).map(|_| backoff.next_pause()).collect();
+        let (min, max) = (pauses.iter().min(), pauses.iter().max());
+        assert!(min < max, "100 pauses all {min:?}");
+    }
+
+    #[test]
+    fn backoff_scales_with_the_period() {
+        let mut backoff = Backoff::new(Duration::from_secs(1));
+        assert!(jittered(backoff.next_pause(), Duration::from_millis(50)));
+        assert!(jittered(backoff.next_pause(), Duration::from_millis(100)));
     }
 }
