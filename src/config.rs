@@ -54,9 +54,9 @@ pub struct LockConfig {
     /// and `Status` honest.
     pub purger_period: Duration,
     /// Paces a waiting Acquire. Default 250 ms. With fixed polling, the pause between two
-    /// attempts; with adaptive polling (the default), pauses of a tenth of it (a twentieth
-    /// first), see [`Polling::Adaptive`](crate::Polling::Adaptive). Shorter answers sooner,
-    /// costs more database requests while waiting. Not zero.
+    /// attempts; with adaptive polling (the default), the pauses are fractions of it: see
+    /// [`Polling::Adaptive`](crate::Polling::Adaptive). Shorter answers sooner, costs more
+    /// database requests while waiting. Not zero.
     pub acquire_period: Duration,
     /// Acquire attempts after the first before `AcquireMaxRetries`. Default 10, so Acquire
     /// waits about `acquire_period * acquire_max_retries` = 2.5 s by default.
