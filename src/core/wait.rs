@@ -31,43 +31,40 @@ impl Core {
             (None, Polling::Fixed) => self.config.acquire_budget() + self.config.acquire_period,
         };
         let wait = Wait {
+            resource,
+            lock_id,
             deadline: Instant::now() + budget,
             caller,
             retries: Cell::new(0),
             uncertain: Cell::new(false),
         };
         let result = match msg.polling {
-            Polling::Fixed => self.acquire_fixed(&resource, &lock_id, &wait).await,
-            Polling::Adaptive => self.acquire_adaptive(&resource, &lock_id, &wait).await,
+            Polling::Fixed => self.acquire_fixed(&wait).await,
+            Polling::Adaptive => self.acquire_adaptive(&wait).await,
         };
         let result = match result {
             Ok(grant) => return self.deliver(grant, caller, msg.keep_alive),
             Err(WaitEnd::Error(e)) => e,
             Err(WaitEnd::OutOfTime) => match msg.timeout {
                 None => LockError::AcquireMaxRetries {
-                    resource_id: resource.to_string(),
+                    resource_id: wait.resource.to_string(),
                     retries: wait.retries.get(),
                 },
                 Some(waited) => LockError::AcquireTimeout {
-                    resource_id: resource.to_string(),
+                    resource_id: wait.resource.to_string(),
                     waited,
                 },
             },
         };
-        self.release_if_uncertain(lock_id, wait.uncertain.get());
+        self.release_if_uncertain(wait.lock_id, wait.uncertain.get());
         Err(result)
     }
 
     /// dplock's Acquire: a try every `acquire_period`, `acquire_max_retries` times after the
     /// first. A retry counts from the moment it is decided, before its pause.
-    async fn acquire_fixed(
-        &self,
-        resource: &ResourceId,
-        lock_id: &LockId,
-        wait: &Wait<'_>,
-    ) -> Result<LockGrant, WaitEnd> {
+    async fn acquire_fixed(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
         loop {
-            if let Some(grant) = self.attempt_tolerant(resource, lock_id, wait).await? {
+            if let Some(grant) = self.attempt_tolerant(wait).await? {
                 return Ok(grant);
             }
             if wait.retries.get() == self.config.acquire_max_retries {
@@ -81,24 +78,19 @@ impl Core {
     /// Waits in this manager's queue for `resource`: only the head probes the database, and not
     /// while this manager itself holds the resource; a release here wakes the head at once.
     /// Every probe after the first counts as a retry.
-    async fn acquire_adaptive(
-        &self,
-        resource: &ResourceId,
-        lock_id: &LockId,
-        wait: &Wait<'_>,
-    ) -> Result<LockGrant, WaitEnd> {
+    async fn acquire_adaptive(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
         // Take a place in line before the first probe, so arrival order is grant order.
-        let place = self.waiters.join(resource);
+        let place = self.waiters.join(&wait.resource);
         let mut backoff = Backoff::new(self.config.acquire_period);
         let mut probed = false;
         loop {
-            let held_here = self.holds.live_lease(resource, self.clock.now());
+            let held_here = self.holds.live_lease(&wait.resource, self.clock.now());
             if place.is_head() && held_here.is_none() {
                 if probed {
                     wait.count_retry();
                 }
                 probed = true;
-                if let Some(grant) = self.attempt_tolerant(resource, lock_id, wait).await? {
+                if let Some(grant) = self.attempt_tolerant(wait).await? {
                     // Leaving the line wakes the next waiter, which sees the hold and waits.
                     drop(place);
                     return Ok(grant);
@@ -117,13 +109,8 @@ impl Core {
     /// An attempt inside a wait, cut off at the wait's deadline. A transient database error
     /// counts as "not yet"; it, or a cut-off, leaves the attempt's outcome unknown, which the
     /// wait remembers so that a wait ending without a grant releases the lock id after all.
-    async fn attempt_tolerant(
-        &self,
-        resource: &ResourceId,
-        lock_id: &LockId,
-        wait: &Wait<'_>,
-    ) -> Result<Option<LockGrant>, WaitEnd> {
-        let attempt = self.attempt(resource, lock_id);
+    async fn attempt_tolerant(&self, wait: &Wait<'_>) -> Result<Option<LockGrant>, WaitEnd> {
+        let attempt = self.attempt(&wait.resource, &wait.lock_id);
         match tokio::time::timeout_at(wait.deadline.into(), attempt).await {
             Ok(Ok(grant)) => Ok(grant),
             Ok(Err(e)) if is_transient(&e) => {
@@ -166,8 +153,11 @@ impl Core {
     }
 }
 
-/// One Acquire's wait: its limits and what it has seen so far.
+/// One Acquire's wait: what it waits for, its limits and what it has seen so far.
 struct Wait<'a> {
+    resource: ResourceId,
+    /// The id a grant will carry, the same for every attempt of this wait.
+    lock_id: LockId,
     deadline: Instant,
     caller: &'a Caller,
     /// Retries made after the first attempt, for `AcquireMaxRetries`.
