@@ -1,8 +1,9 @@
 //! `Acquire`: waiting for a resource held by someone else, within a budget.
 //!
-//! Two pollings share one wait ([`Wait`]: the deadline, the caller, how many retries were made,
-//! whether an attempt's outcome is unknown): dplock's fixed polling, and the adaptive one, in
-//! which only the head of this manager's local queue probes, paced by [`Backoff`].
+//! Two pollings share one wait ([`Wait`]: the resource and the lock id, the deadline, the
+//! caller, how many retries were made, whether an attempt's outcome is unknown): dplock's fixed
+//! polling, and the adaptive one, in which only the head of this manager's local queue probes,
+//! paced by [`Backoff`].
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -75,7 +76,7 @@ impl Core {
         }
     }
 
-    /// Waits in this manager's queue for `resource`: only the head probes the database, and not
+    /// Waits in this manager's queue for the resource: only the head probes the database, and not
     /// while this manager itself holds the resource; a release here wakes the head at once.
     /// Every probe after the first counts as a retry.
     async fn acquire_adaptive(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
