@@ -1,11 +1,12 @@
 //! Time as the server sees it.
 //!
-//! Leases are compared on the server (the grant's filter takes a hold whose `expiresAt` is strictly
-//! before `now`, a `$lt`), but `now` is sent by the client, because the update forms that read the server's own clock (`$$NOW`) are
-//! not available on every server this crate supports. So each manager measures how far the
-//! server's clock (`hello`'s `localTime`) is from its own, at start and at every purge, and
-//! writes every date on the server's clock. A manager whose clock is 10 s fast then neither
-//! takes a live lock (it does not think leases ended early) nor keeps a dead one.
+//! Leases are compared on the server (the grant's filter takes over a hold whose `expiresAt` is
+//! strictly before `now`, a `$lt`), but `now` is sent by the client, because the update forms
+//! that read the server's own clock (`$$NOW`) are not available on every server this crate
+//! supports. So each manager measures how far the server's clock (`hello`'s `localTime`) is from
+//! its own, at start and at every purge, and writes every date on the server's clock. A manager
+//! whose clock is 10 s fast then neither takes a live lock (it does not think leases ended
+//! early) nor keeps a dead one.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -77,8 +78,8 @@ impl ServerClock {
     }
 
     /// Measures the offset again: the server's reading is taken as made halfway through the
-    /// round trip of `read_server` (a future does
-    /// nothing until awaited, so the round trip starts here).
+    /// round trip of `read_server` (a future does nothing until awaited, so the round trip
+    /// starts here).
     pub(crate) async fn resync(
         &self,
         read_server: impl Future<Output = Result<SystemTime, LockError>>,

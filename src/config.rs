@@ -1,8 +1,9 @@
 //! `LockConfig`: every tunable of a [`LockManager`](crate::LockManager) in one place.
 //!
-//! The defaults are those of dplock (ONS dp-mongodb's Go lock package): a 30 s lease, a purge every 5 minutes,
-//! Acquire retrying every 250 ms up to 10 times, Unlock retrying every 5 ms up to 100 times. Each
-//! field says what it trades off, so a change is a decision rather than a guess.
+//! The defaults are those of dplock (ONS dp-mongodb's Go lock package): a 30 s lease, a purge
+//! every 5 minutes, Acquire retrying every 250 ms up to 10 times, Unlock retrying every 5 ms up
+//! to 100 times. Each field says what it trades off, so a change is a decision rather than a
+//! guess.
 
 use std::fmt;
 use std::time::Duration;
@@ -164,7 +165,8 @@ impl LockConfig {
         self.acquire_period.saturating_mul(self.acquire_max_retries)
     }
 
-    /// Checks the configuration; [`LockManager::with_client`](crate::LockManager::with_client) calls it.
+    /// Checks the configuration; [`LockManager::with_client`](crate::LockManager::with_client)
+    /// and [`LockManager::connect`](crate::LockManager::connect) call it.
     pub fn validate(&self) -> Result<(), LockError> {
         let invalid = |reason: String| Err(LockError::InvalidConfig { reason });
         if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
