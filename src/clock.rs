@@ -1,11 +1,12 @@
 //! Time as the server sees it.
 //!
-//! Leases are compared on the server (the grant's filter takes a hold whose `expiresAt` is strictly
-//! before `now`, a `$lt`), but `now` is sent by the client, because the update forms that read the server's own clock (`$$NOW`) are
-//! not available on every server this crate supports. So each manager measures how far the
-//! server's clock (`hello`'s `localTime`) is from its own, at start and at every purge, and
-//! writes every date on the server's clock. A manager whose clock is 10 s fast then neither
-//! takes a live lock (it does not think leases ended early) nor keeps a dead one.
+//! Leases are compared on the server (the grant's filter takes over a hold whose `expiresAt` is
+//! strictly before `now`, a `$lt`), but `now` is sent by the client, because the update forms
+//! that read the server's own clock (`$$NOW`) are not available on every server this crate
+//! supports. So each manager measures how far the server's clock (`hello`'s `localTime`) is from
+//! its own, at start and at every purge, and writes every date on the server's clock. A manager
+//! whose clock is 10 s fast then neither takes a live lock (it does not think leases ended
+//! early) nor keeps a dead one.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -77,8 +78,8 @@ impl ServerClock {
     }
 
     /// Measures the offset again: the server's reading is taken as made halfway through the
-    /// round trip of `read_server` (a future does
-    /// nothing until awaited, so the round trip starts here).
+    /// round trip of `read_server` (a future does nothing until awaited, so the round trip
+    /// starts here).
     pub(crate) async fn resync(
         &self,
         read_server: impl Future<Output = Result<SystemTime, LockError>>,
@@ -144,5 +145,48 @@ impl ClockOffset {
     /// The server's time for a local reading.
     pub(crate) fn server_time(&self, local: SystemTime) -> SystemTime {
         local + self.ahead - self.behind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{ClockOffset, LocalClock, ServerClock};
+
+    #[test]
+    fn an_offset_turns_a_local_reading_into_the_servers() {
+        let local = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for server in [
+            local + Duration::from_millis(10_250),
+            local - Duration::from_millis(10_250),
+            local,
+        ] {
+            let offset = ClockOffset::between(local, server);
+            assert_eq!(offset.server_time(local), server);
+            let later = local + Duration::from_secs(7);
+            assert_eq!(offset.server_time(later), server + Duration::from_secs(7));
+        }
+        assert_eq!(ClockOffset::between(local, local), ClockOffset::default());
+    }
+
+    #[actix_rt::test]
+    async fn a_server_clock_corrects_a_skewed_local_clock() {
+        let skew = Duration::from_secs(10);
+        let fast = LocalClock::skewed(skew, true);
+        let clock = ServerClock::measure(fast, async { Ok(SystemTime::now()) })
+            .await
+            .expect("the reading succeeds");
+        let error = match clock.now().duration_since(SystemTime::now()) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        assert!(error < Duration::from_secs(1), "off by {error:?}");
+        let in_a_minute = clock.now() + Duration::from_secs(60);
+        assert!(clock.until(in_a_minute) > Duration::from_secs(59));
+        assert_eq!(
+            clock.until(SystemTime::now() - Duration::from_secs(1)),
+            Duration::ZERO
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! `LockConfig`: every tunable of a [`LockManager`](crate::LockManager) in one place.
 //!
-//! The defaults are the seed's (ONS dp-mongodb `dplock`): a 30 s lease, a purge every 5 minutes,
-//! Acquire retrying every 250 ms up to 10 times, Unlock retrying every 5 ms up to 100 times. Each
-//! field says what it trades off, so a change is a decision rather than a guess.
+//! The defaults are those of dplock (ONS dp-mongodb's Go lock package): a 30 s lease, a purge
+//! every 5 minutes, Acquire retrying every 250 ms up to 10 times, Unlock retrying every 5 ms up
+//! to 100 times. Each field says what it trades off, so a change is a decision rather than a
+//! guess.
 
 use std::fmt;
 use std::time::Duration;
@@ -10,17 +11,17 @@ use std::time::Duration;
 use crate::clock::LocalClock;
 use crate::error::LockError;
 
-/// The seed's `TTL`: the lease of every grant.
+/// dplock's `TTL`: the lease of every grant.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
-/// The seed's `PurgerPeriod`: time between purges of expired holds.
+/// dplock's `PurgerPeriod`: time between purges of expired holds.
 pub const DEFAULT_PURGER_PERIOD: Duration = Duration::from_secs(5 * 60);
-/// The seed's `AcquirePeriod`: pause between Acquire attempts.
+/// dplock's `AcquirePeriod`: pause between Acquire attempts.
 pub const DEFAULT_ACQUIRE_PERIOD: Duration = Duration::from_millis(250);
-/// The seed's `AcquireMaxRetries`: Acquire attempts after the first.
+/// dplock's `AcquireMaxRetries`: Acquire attempts after the first.
 pub const DEFAULT_ACQUIRE_MAX_RETRIES: u32 = 10;
-/// The seed's `UnlockPeriod`: pause between Unlock retries.
+/// dplock's `UnlockPeriod`: pause between Unlock retries.
 pub const DEFAULT_UNLOCK_PERIOD: Duration = Duration::from_millis(5);
-/// The seed's `UnlockMaxRetries`: Unlock retries after the first attempt.
+/// dplock's `UnlockMaxRetries`: Unlock retries after the first attempt.
 pub const DEFAULT_UNLOCK_MAX_RETRIES: u32 = 100;
 
 /// The longest lock family name: it becomes part of a collection name.
@@ -53,8 +54,10 @@ pub struct LockConfig {
     /// Expired holds are taken over by the next grant anyway; purging keeps the collection tidy
     /// and `Status` honest.
     pub purger_period: Duration,
-    /// Pause between Acquire attempts. Default 250 ms. Shorter answers sooner, costs more
-    /// database requests while waiting.
+    /// Paces a waiting Acquire. Default 250 ms. With fixed polling, the pause between two
+    /// attempts; with adaptive polling (the default), the pauses are fractions of it: see
+    /// [`Polling::Adaptive`](crate::Polling::Adaptive). Shorter answers sooner, costs more
+    /// database requests while waiting. Not zero.
     pub acquire_period: Duration,
     /// Acquire attempts after the first before `AcquireMaxRetries`. Default 10, so Acquire
     /// waits about `acquire_period * acquire_max_retries` = 2.5 s by default.
@@ -76,7 +79,7 @@ pub struct LockConfig {
 }
 
 impl LockConfig {
-    /// A configuration with the seed's defaults for the lock family `name`.
+    /// A configuration with dplock's defaults for the lock family `name`.
     pub fn new(name: impl Into<String>) -> Self {
         LockConfig {
             name: name.into(),
@@ -150,12 +153,20 @@ impl LockConfig {
         format!("{}_locks", self.name)
     }
 
-    /// The acquire wait budget the seed implies: `acquire_period * acquire_max_retries`.
+    /// The acquire wait budget dplock implies: `acquire_period * acquire_max_retries`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use actix_mongo_lock::LockConfig;
+    ///
+    /// assert_eq!(LockConfig::new("orders").acquire_budget(), Duration::from_millis(2500));
+    /// ```
     pub fn acquire_budget(&self) -> Duration {
         self.acquire_period.saturating_mul(self.acquire_max_retries)
     }
 
-    /// Checks the configuration; [`LockManager::with_client`](crate::LockManager::with_client) calls it.
+    /// Checks the configuration; [`LockManager::with_client`](crate::LockManager::with_client)
+    /// and [`LockManager::connect`](crate::LockManager::connect) call it.
     pub fn validate(&self) -> Result<(), LockError> {
         let invalid = |reason: String| Err(LockError::InvalidConfig { reason });
         if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
@@ -231,4 +242,72 @@ fn default_host() -> String {
                 .filter(|h| !h.is_empty())
         })
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::LockConfig;
+    use crate::error::LockError;
+
+    fn refused(config: LockConfig, mentions: &str) {
+        match config.validate() {
+            Err(LockError::InvalidConfig { reason }) => {
+                assert!(reason.contains(mentions), "{reason:?} lacks {mentions:?}")
+            }
+            other => panic!("{config:?} answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_dplocks() {
+        let config = LockConfig::new("orders");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.ttl, Duration::from_secs(30));
+        assert_eq!(config.purger_period, Duration::from_secs(300));
+        assert_eq!(config.acquire_period, Duration::from_millis(250));
+        assert_eq!(config.acquire_max_retries, 10);
+        assert_eq!(config.unlock_period, Duration::from_millis(5));
+        assert_eq!(config.unlock_max_retries, 100);
+        assert_eq!(config.acquire_budget(), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        refused(LockConfig::new(""), "name");
+        refused(LockConfig::new("a".repeat(65)), "name");
+        assert!(LockConfig::new("a".repeat(64)).validate().is_ok());
+        for bad in ["orders.v2", "a b", "naïve", "x$"] {
+            refused(LockConfig::new(bad), "name");
+        }
+        assert!(LockConfig::new("Orders_v2-eu").validate().is_ok());
+        for bad in ["", "a.b", "a/b", "a b", "a$", "a\"b", "a\0b", "a\\b"] {
+            refused(LockConfig::new("orders").database(bad), "database");
+        }
+    }
+
+    #[test]
+    fn durations_are_checked() {
+        refused(
+            LockConfig::new("orders").ttl(Duration::from_millis(9)),
+            "ttl",
+        );
+        assert!(LockConfig::new("orders")
+            .ttl(Duration::from_millis(10))
+            .validate()
+            .is_ok());
+        refused(
+            LockConfig::new("orders").purger_period(Duration::ZERO),
+            "purger_period",
+        );
+        refused(
+            LockConfig::new("orders").acquire_retries(Duration::ZERO, 3),
+            "acquire_period",
+        );
+        let no_retries = LockConfig::new("orders")
+            .acquire_retries(Duration::from_millis(1), 0)
+            .unlock_retries(Duration::ZERO, 0);
+        assert!(no_retries.validate().is_ok(), "retries may be zero");
+    }
 }

@@ -114,3 +114,66 @@ impl Drain {
         InFlight(Rc::clone(self))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Drain;
+    use crate::error::LockError;
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    #[actix_rt::test]
+    async fn idle_waits_for_every_token_and_closing_refuses_new_ones() {
+        let drain = Drain::new();
+        let first = drain.enter().expect("open");
+        let second = drain.enter().expect("open");
+        drain.begin_close();
+        assert!(drain.is_closing());
+        assert!(matches!(drain.enter(), Err(LockError::Closing)));
+        let background = drain.extend();
+
+        let idle = drain.idle();
+        tokio::pin!(idle);
+        for token in [first, second] {
+            drop(token);
+            let early = tokio::time::timeout(Duration::from_millis(20), &mut idle).await;
+            assert!(early.is_err(), "idle before every token was dropped");
+        }
+        drop(background);
+        tokio::time::timeout(BOUND, idle)
+            .await
+            .expect("idle once the last token is dropped");
+    }
+
+    #[actix_rt::test]
+    async fn closing_wakes_waiters_and_closed_waits_for_finish() {
+        let drain = Drain::new();
+        assert!(!drain.is_closing());
+        let closing = drain.closing();
+        let closed = drain.closed();
+        tokio::pin!(closing, closed);
+        drain.begin_close();
+        drain.begin_close();
+        tokio::time::timeout(BOUND, &mut closing)
+            .await
+            .expect("begin_close wakes closing()");
+        let early = tokio::time::timeout(Duration::from_millis(20), &mut closed).await;
+        assert!(early.is_err(), "closed before finish_close");
+        drain.finish_close();
+        tokio::time::timeout(BOUND, closed)
+            .await
+            .expect("finish_close wakes closed()");
+        assert!(matches!(drain.enter(), Err(LockError::Closing)));
+    }
+
+    #[actix_rt::test]
+    async fn an_idle_drain_is_idle_at_once() {
+        let drain = Drain::new();
+        drop(drain.enter().expect("open"));
+        tokio::time::timeout(BOUND, drain.idle())
+            .await
+            .expect("no token in flight");
+    }
+}

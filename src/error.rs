@@ -16,7 +16,7 @@ pub enum LockError {
         resource_id: String,
     },
 
-    /// `Acquire`: the resource stayed held for the whole wait budget (the seed's
+    /// `Acquire`: the resource stayed held for the whole wait budget (dplock's
     /// `ErrAcquireMaxRetries`). Try again later or raise the budget in `LockConfig`.
     #[error("cannot acquire lock on {resource_id:?}, maximum number of retries ({retries}) has been reached")]
     AcquireMaxRetries {
@@ -35,7 +35,7 @@ pub enum LockError {
         waited: Duration,
     },
 
-    /// `Unlock`: the database kept failing through every retry (the seed's
+    /// `Unlock`: the database kept failing through every retry (dplock's
     /// `ErrUnlockMaxRetries`). The hold ends when its lease does; nothing else is affected.
     #[error("cannot unlock, maximum number of retries ({retries}) has been reached: {last_error}")]
     UnlockMaxRetries {
@@ -50,7 +50,7 @@ pub enum LockError {
     #[error("lock is lost: it expired, was released or was taken over")]
     LockLost,
 
-    /// The manager is closing or closed (the seed's `ErrMongoDbClosing`). Start a new manager.
+    /// The manager is closing or closed (dplock's `ErrMongoDbClosing`). Start a new manager.
     #[error("lock manager is closing")]
     Closing,
 

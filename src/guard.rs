@@ -12,7 +12,7 @@
 //! - A future cancelled at an `.await` drops its guard there, which releases the hold: usually
 //!   what you want, but it happens wherever the cancellation lands.
 
-use actix::Addr;
+use actix::{Addr, Handler, Message};
 
 use crate::error::LockError;
 use crate::manager::LockManager;
@@ -38,15 +38,19 @@ pub struct LockGuard {
 impl LockGuard {
     /// Sends `request` and guards the grant.
     pub async fn acquire(manager: &Addr<LockManager>, request: Acquire) -> Result<Self, LockError> {
-        let grant = manager
-            .send(request)
-            .await
-            .map_err(|_| LockError::ManagerStopped)??;
-        Ok(Self::new(manager.clone(), grant))
+        Self::request(manager, request).await
     }
 
     /// Sends `request` (one attempt) and guards the grant.
     pub async fn lock(manager: &Addr<LockManager>, request: Lock) -> Result<Self, LockError> {
+        Self::request(manager, request).await
+    }
+
+    async fn request<M>(manager: &Addr<LockManager>, request: M) -> Result<Self, LockError>
+    where
+        M: Message<Result = Result<LockGrant, LockError>> + Send + 'static,
+        LockManager: Handler<M>,
+    {
         let grant = manager
             .send(request)
             .await

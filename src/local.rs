@@ -181,3 +181,113 @@ impl Drop for Place {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::time::{Duration, SystemTime};
+
+    use super::{LocalHolds, LocalWaiters};
+    use crate::messages::{LockGrant, LockId, ResourceId};
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    fn resource(name: &str) -> ResourceId {
+        ResourceId::new(name).expect("a valid resource id")
+    }
+
+    fn grant(name: &str, expires_at: SystemTime) -> LockGrant {
+        LockGrant {
+            lock_id: LockId::generate(),
+            resource_id: resource(name),
+            fence: 1,
+            granted_at: expires_at - Duration::from_secs(30),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn waiters_queue_in_arrival_order_per_resource() {
+        let waiters = Rc::new(LocalWaiters::default());
+        let first = waiters.join(&resource("a"));
+        let second = waiters.join(&resource("a"));
+        let third = waiters.join(&resource("a"));
+        let elsewhere = waiters.join(&resource("b"));
+        assert!(first.is_head());
+        assert!(!second.is_head() && !third.is_head());
+        assert!(elsewhere.is_head(), "queues are per resource");
+
+        drop(second);
+        assert!(first.is_head(), "leaving from the middle changes no head");
+        drop(first);
+        assert!(third.is_head());
+        drop(third);
+        assert!(
+            waiters.queues.borrow().get(&resource("a")).is_none(),
+            "empty queues go"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_head_leaving_wakes_the_next_waiter() {
+        let waiters = Rc::new(LocalWaiters::default());
+        let head = waiters.join(&resource("a"));
+        let next = waiters.join(&resource("a"));
+        let early = tokio::time::timeout(Duration::from_millis(20), next.woken()).await;
+        assert!(early.is_err(), "woken while not head");
+        drop(head);
+        tokio::time::timeout(BOUND, next.woken())
+            .await
+            .expect("the new head is woken");
+    }
+
+    #[actix_rt::test]
+    async fn wake_head_wakes_only_the_oldest_waiter() {
+        let waiters = Rc::new(LocalWaiters::default());
+        let head = waiters.join(&resource("a"));
+        let next = waiters.join(&resource("a"));
+        waiters.wake_head(&resource("a"));
+        tokio::time::timeout(BOUND, head.woken())
+            .await
+            .expect("the head is woken");
+        let early = tokio::time::timeout(Duration::from_millis(20), next.woken()).await;
+        assert!(early.is_err(), "a waiter behind the head was woken");
+    }
+
+    #[test]
+    fn holds_know_their_live_lease_and_which_have_expired() {
+        let holds = LocalHolds::default();
+        let now = SystemTime::now();
+        let live = grant("live", now + Duration::from_secs(10));
+        let dead = grant("dead", now - Duration::from_secs(1));
+        holds.insert(&live);
+        holds.insert(&dead);
+        assert_eq!(
+            holds.live_lease(&resource("live"), now),
+            Some(live.expires_at)
+        );
+        assert_eq!(holds.live_lease(&resource("dead"), now), None);
+        assert_eq!(holds.expired(now), vec![dead.lock_id.clone()]);
+
+        let later = now + Duration::from_secs(20);
+        holds.extend(&live.lock_id, later);
+        assert_eq!(holds.live_lease(&resource("live"), now), Some(later));
+
+        assert!(holds.remove(&live.lock_id).is_some());
+        assert!(holds.remove(&live.lock_id).is_none());
+        assert_eq!(holds.live_lease(&resource("live"), now), None);
+    }
+
+    #[test]
+    fn a_new_hold_on_a_resource_replaces_the_old_one() {
+        let holds = LocalHolds::default();
+        let now = SystemTime::now();
+        let old = grant("a", now - Duration::from_secs(1));
+        let new = grant("a", now + Duration::from_secs(10));
+        holds.insert(&old);
+        holds.insert(&new);
+        assert!(holds.get(&old.lock_id).is_none());
+        assert_eq!(holds.lock_ids(), vec![new.lock_id.clone()]);
+        assert_eq!(holds.live_lease(&resource("a"), now), Some(new.expires_at));
+    }
+}

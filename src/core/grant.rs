@@ -16,9 +16,7 @@ impl Core {
         msg: Lock,
         caller: &Caller,
     ) -> Result<LockGrant, LockError> {
-        let resource = ResourceId::new(msg.resource_id)?;
-        let lock_id = LockId::generate();
-        tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
+        let (resource, lock_id) = new_request(msg.resource_id)?;
         match self.attempt(&resource, &lock_id).await {
             Ok(Some(grant)) => self.deliver(grant, caller, msg.keep_alive),
             Ok(None) => Err(LockError::AlreadyLocked {
@@ -74,4 +72,13 @@ impl Core {
         }
         Ok(grant)
     }
+}
+
+/// Checks a request's resource id and draws the lock id its grant will carry (recorded in the
+/// request's span).
+pub(super) fn new_request(resource_id: String) -> Result<(ResourceId, LockId), LockError> {
+    let resource = ResourceId::new(resource_id)?;
+    let lock_id = LockId::generate();
+    tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
+    Ok((resource, lock_id))
 }

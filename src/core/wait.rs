@@ -1,8 +1,9 @@
 //! `Acquire`: waiting for a resource held by someone else, within a budget.
 //!
-//! Two pollings share one wait ([`Wait`]: the deadline, the caller, how many retries were made,
-//! whether an attempt's outcome is unknown): dplock's fixed polling, and the adaptive one, in
-//! which only the head of this manager's local queue probes, paced by [`Backoff`].
+//! Two pollings share one wait ([`Wait`]: the resource and the lock id, the deadline, the
+//! caller, how many retries were made, whether an attempt's outcome is unknown): dplock's fixed
+//! polling, and the adaptive one, in which only the head of this manager's local queue probes,
+//! paced by [`Backoff`].
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -14,6 +15,7 @@ use crate::messages::{Acquire, LockGrant, LockId, Polling, ResourceId};
 use crate::reply::Caller;
 use crate::store::is_transient;
 
+use super::grant::new_request;
 use super::Core;
 
 impl Core {
@@ -22,9 +24,7 @@ impl Core {
         msg: Acquire,
         caller: &Caller,
     ) -> Result<LockGrant, LockError> {
-        let resource = ResourceId::new(msg.resource_id)?;
-        let lock_id = LockId::generate();
-        tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
+        let (resource, lock_id) = new_request(msg.resource_id)?;
         // dplock's fixed polling counts tries; its deadline only leaves room for the last one.
         let budget = match (msg.timeout, msg.polling) {
             (Some(timeout), _) => timeout,
@@ -32,43 +32,40 @@ impl Core {
             (None, Polling::Fixed) => self.config.acquire_budget() + self.config.acquire_period,
         };
         let wait = Wait {
+            resource,
+            lock_id,
             deadline: Instant::now() + budget,
             caller,
             retries: Cell::new(0),
             uncertain: Cell::new(false),
         };
         let result = match msg.polling {
-            Polling::Fixed => self.acquire_fixed(&resource, &lock_id, &wait).await,
-            Polling::Adaptive => self.acquire_adaptive(&resource, &lock_id, &wait).await,
+            Polling::Fixed => self.acquire_fixed(&wait).await,
+            Polling::Adaptive => self.acquire_adaptive(&wait).await,
         };
         let result = match result {
             Ok(grant) => return self.deliver(grant, caller, msg.keep_alive),
             Err(WaitEnd::Error(e)) => e,
             Err(WaitEnd::OutOfTime) => match msg.timeout {
                 None => LockError::AcquireMaxRetries {
-                    resource_id: resource.to_string(),
+                    resource_id: wait.resource.to_string(),
                     retries: wait.retries.get(),
                 },
                 Some(waited) => LockError::AcquireTimeout {
-                    resource_id: resource.to_string(),
+                    resource_id: wait.resource.to_string(),
                     waited,
                 },
             },
         };
-        self.release_if_uncertain(lock_id, wait.uncertain.get());
+        self.release_if_uncertain(wait.lock_id, wait.uncertain.get());
         Err(result)
     }
 
     /// dplock's Acquire: a try every `acquire_period`, `acquire_max_retries` times after the
     /// first. A retry counts from the moment it is decided, before its pause.
-    async fn acquire_fixed(
-        &self,
-        resource: &ResourceId,
-        lock_id: &LockId,
-        wait: &Wait<'_>,
-    ) -> Result<LockGrant, WaitEnd> {
+    async fn acquire_fixed(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
         loop {
-            if let Some(grant) = self.attempt_tolerant(resource, lock_id, wait).await? {
+            if let Some(grant) = self.attempt_tolerant(wait).await? {
                 return Ok(grant);
             }
             if wait.retries.get() == self.config.acquire_max_retries {
@@ -79,27 +76,22 @@ impl Core {
         }
     }
 
-    /// Waits in this manager's queue for `resource`: only the head probes the database, and not
+    /// Waits in this manager's queue for the resource: only the head probes the database, and not
     /// while this manager itself holds the resource; a release here wakes the head at once.
     /// Every probe after the first counts as a retry.
-    async fn acquire_adaptive(
-        &self,
-        resource: &ResourceId,
-        lock_id: &LockId,
-        wait: &Wait<'_>,
-    ) -> Result<LockGrant, WaitEnd> {
+    async fn acquire_adaptive(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
         // Take a place in line before the first probe, so arrival order is grant order.
-        let place = self.waiters.join(resource);
+        let place = self.waiters.join(&wait.resource);
         let mut backoff = Backoff::new(self.config.acquire_period);
         let mut probed = false;
         loop {
-            let held_here = self.holds.live_lease(resource, self.clock.now());
+            let held_here = self.holds.live_lease(&wait.resource, self.clock.now());
             if place.is_head() && held_here.is_none() {
                 if probed {
                     wait.count_retry();
                 }
                 probed = true;
-                if let Some(grant) = self.attempt_tolerant(resource, lock_id, wait).await? {
+                if let Some(grant) = self.attempt_tolerant(wait).await? {
                     // Leaving the line wakes the next waiter, which sees the hold and waits.
                     drop(place);
                     return Ok(grant);
@@ -118,13 +110,8 @@ impl Core {
     /// An attempt inside a wait, cut off at the wait's deadline. A transient database error
     /// counts as "not yet"; it, or a cut-off, leaves the attempt's outcome unknown, which the
     /// wait remembers so that a wait ending without a grant releases the lock id after all.
-    async fn attempt_tolerant(
-        &self,
-        resource: &ResourceId,
-        lock_id: &LockId,
-        wait: &Wait<'_>,
-    ) -> Result<Option<LockGrant>, WaitEnd> {
-        let attempt = self.attempt(resource, lock_id);
+    async fn attempt_tolerant(&self, wait: &Wait<'_>) -> Result<Option<LockGrant>, WaitEnd> {
+        let attempt = self.attempt(&wait.resource, &wait.lock_id);
         match tokio::time::timeout_at(wait.deadline.into(), attempt).await {
             Ok(Ok(grant)) => Ok(grant),
             Ok(Err(e)) if is_transient(&e) => {
@@ -167,8 +154,11 @@ impl Core {
     }
 }
 
-/// One Acquire's wait: its limits and what it has seen so far.
+/// One Acquire's wait: what it waits for, its limits and what it has seen so far.
 struct Wait<'a> {
+    resource: ResourceId,
+    /// The id a grant will carry, the same for every attempt of this wait.
+    lock_id: LockId,
     deadline: Instant,
     caller: &'a Caller,
     /// Retries made after the first attempt, for `AcquireMaxRetries`.
@@ -212,5 +202,48 @@ impl Backoff {
         // The randomness of a v4 UUID serves as jitter.
         let fraction = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
         base.mul_f64(0.9 + 0.4 * fraction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Backoff;
+    use crate::config::DEFAULT_ACQUIRE_PERIOD;
+
+    /// Whether `pause` is `base` stretched by a factor from 0.9 to 1.3 (within rounding).
+    fn jittered(pause: Duration, base: Duration) -> bool {
+        let (low, high) = (base.mul_f64(0.9), base.mul_f64(1.3));
+        pause + Duration::from_micros(1) >= low && pause <= high + Duration::from_micros(1)
+    }
+
+    #[test]
+    fn backoff_waits_a_twentieth_of_the_period_first_then_a_tenth_with_jitter() {
+        for _ in 0..200 {
+            let mut backoff = Backoff::new(DEFAULT_ACQUIRE_PERIOD);
+            let first = backoff.next_pause();
+            assert!(jittered(first, Duration::from_micros(12_500)), "{first:?}");
+            for _ in 0..20 {
+                let later = backoff.next_pause();
+                assert!(jittered(later, Duration::from_millis(25)), "{later:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_pauses_are_not_all_alike() {
+        let mut backoff = Backoff::new(Duration::from_millis(250));
+        backoff.next_pause();
+        let pauses: Vec<Duration> = (0..100).map(|_| backoff.next_pause()).collect();
+        let (min, max) = (pauses.iter().min(), pauses.iter().max());
+        assert!(min < max, "100 pauses all {min:?}");
+    }
+
+    #[test]
+    fn backoff_scales_with_the_period() {
+        let mut backoff = Backoff::new(Duration::from_secs(1));
+        assert!(jittered(backoff.next_pause(), Duration::from_millis(50)));
+        assert!(jittered(backoff.next_pause(), Duration::from_millis(100)));
     }
 }
