@@ -13,10 +13,15 @@
 //! a success whose lease is already over: Lock answers `Ok(grant)`, Renew answers `Ok(renewed)`.
 //! Another manager may be granted the resource at that same moment, since the stored lease is
 //! over too, and both callers then hold a grant of the same resource in hand.
+//!
+//! The same gap leaves Lock and Renew without a time bound of their own: each makes one attempt
+//! with no deadline, so they wait as long as a stalled server holds the request (heartbeats on
+//! their own connection keep answering, so the driver sees nothing wrong). A grant or renewal
+//! that arrives after the lease is useless, so the lease is the natural bound.
 
 mod support;
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_mongo_lock::{Lock, LockConfig, LockGrant, LockManager, Renew};
 use support::failpoint::{arm, assert_secantus, off, recorded_client, Fault, SERIAL};
@@ -88,4 +93,57 @@ async fn secantus_renew_never_answers_a_lease_that_ended_before_the_answer() {
     if let Ok(renewed) = &renewed {
         assert_not_both(renewed, answered_at, second.as_ref().ok());
     }
+}
+
+/// A stall of 5 s, four leases: Lock must answer within its lease and a margin, not when the
+/// server lets the request go.
+#[actix_rt::test]
+async fn secantus_lock_answers_within_its_lease_while_the_server_stalls_the_request() {
+    assert_secantus().await;
+    let _serial = SERIAL.lock().await;
+    let (config, locks) = blocked_manager("bug_stalled_lock").await;
+    arm(
+        &config.name,
+        1,
+        &Fault::block(&["findAndModify"], Duration::from_secs(5)),
+    )
+    .await;
+    let sent = Instant::now();
+    let answer = locks.send(Lock::new("r")).await.expect("manager runs");
+    let took = sent.elapsed();
+    off().await;
+    assert!(
+        took < LEASE * 2,
+        "Lock answered {answer:?} only after {took:?}, with a lease of {LEASE:?}"
+    );
+}
+
+/// The same for Renew.
+#[actix_rt::test]
+async fn secantus_renew_answers_within_the_lease_while_the_server_stalls_the_request() {
+    assert_secantus().await;
+    let _serial = SERIAL.lock().await;
+    let (config, locks) = blocked_manager("bug_stalled_renew").await;
+    let grant = locks
+        .send(Lock::new("r"))
+        .await
+        .expect("manager runs")
+        .expect("granted");
+    arm(
+        &config.name,
+        1,
+        &Fault::block(&["findAndModify"], Duration::from_secs(5)),
+    )
+    .await;
+    let sent = Instant::now();
+    let answer = locks
+        .send(Renew::new(grant.lock_id))
+        .await
+        .expect("manager runs");
+    let took = sent.elapsed();
+    off().await;
+    assert!(
+        took < LEASE * 2,
+        "Renew answered {answer:?} only after {took:?}, with a lease of {LEASE:?}"
+    );
 }
