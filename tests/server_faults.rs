@@ -984,7 +984,10 @@ async fn lose_the_grant_reply(proxy: &FaultProxy, config: &LockConfig) -> (Strin
 }
 
 /// The findAndModify commands a manager sent, as (txnNumber, how it ended).
-fn grants_sent(commands: &Commands) -> Vec<(Option<(Option<String>, i64)>, Ended)> {
+/// A write's identity in the server's retryable-write record: its session and txnNumber.
+type RetryKey = Option<(Option<String>, i64)>;
+
+fn grants_sent(commands: &Commands) -> Vec<(RetryKey, Ended)> {
     commands
         .named("findAndModify")
         .into_iter()
@@ -1040,6 +1043,8 @@ async fn secantus_a_lost_grant_reply_is_resent_with_its_txn_number_and_answered_
             write_concern_error: None
         }
     ));
+    let released = answered(cell.locks.send(Unlock::new(grant.lock_id.clone()))).await;
+    assert_eq!(released.ok(), Some(UnlockOutcome::Released));
     assert_eq!(cell.settle(&[grant.fence]).await, 0, "a fence was burnt");
 }
 
@@ -1098,6 +1103,8 @@ async fn secantus_after_the_driver_gives_up_an_acquire_retries_with_its_lock_id_
         "the library's retry is the same write"
     );
     assert!(matches!(sent[1].1, Ended::Failed { code: None, .. }));
+    let released = answered(cell.locks.send(Unlock::new(grant.lock_id.clone()))).await;
+    assert_eq!(released.ok(), Some(UnlockOutcome::Released));
     assert_eq!(
         cell.settle(&[grant.fence]).await,
         1,
