@@ -10,8 +10,9 @@
 //!
 //! Each row test arms one `failCommand` failpoint (tests/support/failpoint.rs) for one cell at a
 //! time: the fault hits the command that operation sends (`findAndModify` for Lock, Acquire,
-//! Renew and keep-alive, `update` for Unlock and the purge), once (`times: 1`), and only the
-//! client of that cell's manager (the failpoint's `appName`). For every cell the test asserts
+//! Renew and keep-alive, `update` for Unlock and the purge), once (`times: 1`; the block row's
+//! keep-alive cell blocks every renewal), and only the client of that cell's manager (the
+//! failpoint's `appName`). For every cell the test asserts
 //! the caller's answer and who retried (the driver re-sends the same `txnNumber`; the library
 //! sends a new operation), and the invariants: the answer comes within [`ANSWER_BOUND`], the
 //! stored hold is the caller's exactly when the caller was told it holds, a hold nobody was told
@@ -44,9 +45,9 @@ use support::server::{collection, stored, unique_name, uri};
 
 /// Every message is answered within this, whatever the fault (the longest one lasts 2 s).
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
-/// The lease of the cells: keep-alive renews every 800 ms, and a renewal the driver retries
-/// after a heartbeat (500 ms) still fits in that interval.
-const LEASE: Duration = Duration::from_millis(2400);
+/// The lease of the cells: keep-alive renews every second, and a renewal the driver retries
+/// after a heartbeat (500 ms) fits in that interval with room for a loaded machine.
+const LEASE: Duration = Duration::from_secs(3);
 /// The purger's period in the purge cells.
 const PURGER_PERIOD: Duration = Duration::from_millis(250);
 /// The one resource of every cell (each cell has its own lock family).
@@ -830,8 +831,8 @@ async fn secantus_a_real_step_down_of_2_s_is_retried_by_the_library_where_it_ret
     let acquire = Setup::new("stepdown", Op::Acquire, LEASE).await;
     let unlock = Setup::new("stepdown", Op::Unlock, LEASE).await;
     let renew = Setup::new("stepdown", Op::Renew, LEASE).await;
-    // A 6 s lease renews every 2 s: the first renewal falls inside the step-down, the retry
-    // after it.
+    // A 6 s lease renews every 2 s: the first renewal falls inside the step-down, a retry after
+    // it.
     let keep_alive = Setup::new("stepdown", Op::KeepAlive, Duration::from_secs(6)).await;
     let purge = Setup::new("stepdown", Op::Purge, LEASE).await;
     let held = answered(unlock.locks.send(Lock::new(R)))
@@ -845,15 +846,17 @@ async fn secantus_a_real_step_down_of_2_s_is_retried_by_the_library_where_it_ret
     let kept = answered(keep_alive.locks.send(Lock::new(R).keep_alive(notify)))
         .await
         .expect("granted");
-    // Live when planted, expired inside the step-down.
-    plant_expired_hold(
-        &purge.config,
-        SystemTime::now() + Duration::from_millis(400),
-    )
-    .await;
+    // The keep-alive's first renewal (2 s after its grant) falls in the middle of the step-down.
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
     for setup in [&lock, &acquire, &unlock, &renew, &keep_alive, &purge] {
         setup.commands.clear();
     }
+    // Live when planted, expired inside the step-down.
+    plant_expired_hold(
+        &purge.config,
+        SystemTime::now() + Duration::from_millis(600),
+    )
+    .await;
 
     step_down(2).await;
     let stepped = Instant::now();
