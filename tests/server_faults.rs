@@ -37,8 +37,8 @@ use actix_mongo_lock::{
 };
 use mongodb::bson::{doc, Bson, DateTime};
 use support::failpoint::{
-    arm, arm_always, assert_secantus, off, recorded_client, step_down, Commands, Ended, Fault,
-    SERIAL,
+    arm, arm_always, assert_secantus, off, recorded_client, server_code, step_down, Commands,
+    Ended, Fault, SERIAL,
 };
 use support::proxy::{upstream_from_env, FaultProxy};
 use support::server::{collection, stored, unique_name, uri};
@@ -225,7 +225,17 @@ impl Setup {
             })
             .acquire_retries(Duration::from_millis(50), 10)
             .unlock_retries(Duration::from_millis(5), 3);
-        Setup::with_config(config).await
+        let setup = Setup::with_config(config).await;
+        // The purger purges once at start; its `update` must not count as the cell's.
+        eventually("the first purge", ANSWER_BOUND, || async {
+            let purges = setup.commands.named("update");
+            purges
+                .iter()
+                .any(|c| c.ended != Ended::Pending)
+                .then_some(())
+        })
+        .await;
+        setup
     }
 
     async fn with_config(config: LockConfig) -> Setup {
@@ -264,13 +274,14 @@ impl Setup {
         }
     }
 
-    /// After the cell: the resource must be free (or its lease over) within the lease, and a
-    /// new grant must get a fence above every one seen. Returns the fences nobody was told of.
+    /// After the cell: the resource must be free (or its lease over) within one lease (and a
+    /// second for polling), so no hold nobody was told of outlives its lease, and a new grant
+    /// must get a fence above every one seen. Returns the fences nobody was told of.
     async fn settle(&self, told: &[i64]) -> i64 {
         let lease = self.config.ttl;
         eventually(
             "the resource is free again",
-            lease + ANSWER_BOUND,
+            lease + Duration::from_secs(1),
             || async {
                 match live_hold(&self.config).await {
                     None => Some(()),
@@ -351,7 +362,7 @@ where
 /// A caller's error, for the table: the variant, and the server's code for a database error.
 fn describe(e: &LockError) -> String {
     match e {
-        LockError::Database(e) => match code_of(e) {
+        LockError::Database(e) => match server_code(e) {
             Some(code) => format!("Database({code})"),
             None => "Database(network)".to_owned(),
         },
@@ -360,16 +371,6 @@ fn describe(e: &LockError) -> String {
             .next()
             .unwrap_or_default()
             .to_owned(),
-    }
-}
-
-fn code_of(e: &mongodb::error::Error) -> Option<i32> {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
-        _ => None,
     }
 }
 
@@ -386,12 +387,22 @@ fn granted(word: &str, grant: &LockGrant) -> String {
 // The cells
 // ---------------------------------------------------------------------------------------------
 
-async fn lock_cell(row: &str, injected: Injected, lease: Duration) -> Cell {
-    let cell = Setup::new(row, Op::Lock, lease).await;
+/// Lock or Acquire (5 s) of a free resource under the fault.
+async fn grant_cell(row: &str, injected: Injected, lease: Duration, op: Op) -> Cell {
+    let cell = Setup::new(row, op, lease).await;
     cell.commands.clear();
-    arm(&cell.app, 1, &injected.fault(Op::Lock)).await;
+    arm(&cell.app, 1, &injected.fault(op)).await;
     let sent = Instant::now();
-    let answer = answered(cell.locks.send(Lock::new(R))).await;
+    let answer = match op {
+        Op::Lock => answered(cell.locks.send(Lock::new(R))).await,
+        _ => {
+            answered(
+                cell.locks
+                    .send(Acquire::new(R).timeout(Duration::from_secs(5))),
+            )
+            .await
+        }
+    };
     let took = sent.elapsed();
     off().await;
     let mut told = Vec::new();
@@ -412,47 +423,7 @@ async fn lock_cell(row: &str, injected: Injected, lease: Duration) -> Cell {
         }
         Err(e) => describe(&e),
     };
-    let retried_by = cell.retried_by(Op::Lock);
-    let burnt = cell.settle(&told).await;
-    Cell {
-        answer,
-        retried_by,
-        burnt,
-        took,
-    }
-}
-
-async fn acquire_cell(row: &str, injected: Injected, lease: Duration) -> Cell {
-    let cell = Setup::new(row, Op::Acquire, lease).await;
-    cell.commands.clear();
-    arm(&cell.app, 1, &injected.fault(Op::Acquire)).await;
-    let sent = Instant::now();
-    let answer = answered(
-        cell.locks
-            .send(Acquire::new(R).timeout(Duration::from_secs(5))),
-    )
-    .await;
-    let took = sent.elapsed();
-    off().await;
-    let mut told = Vec::new();
-    let answer = match answer {
-        Ok(grant) => {
-            let stored = stored_hold(&cell.config).await;
-            assert_eq!(
-                stored.as_ref().map(|h| (h.0.as_str(), h.1)),
-                Some((grant.lock_id.as_str(), grant.fence)),
-                "the caller was granted a hold the server does not store"
-            );
-            told.push(grant.fence);
-            let answer = granted("granted", &grant);
-            answered(cell.locks.send(Unlock::new(grant.lock_id)))
-                .await
-                .ok();
-            answer
-        }
-        Err(e) => describe(&e),
-    };
-    let retried_by = cell.retried_by(Op::Acquire);
+    let retried_by = cell.retried_by(op);
     let burnt = cell.settle(&told).await;
     Cell {
         answer,
@@ -717,8 +688,7 @@ async fn row(name: &str, injected: Injected, lease: Duration) {
     let mut failures = Vec::new();
     for op in Op::ALL {
         let cell = match op {
-            Op::Lock => lock_cell(name, injected, lease).await,
-            Op::Acquire => acquire_cell(name, injected, lease).await,
+            Op::Lock | Op::Acquire => grant_cell(name, injected, lease, op).await,
             Op::Unlock => unlock_cell(name, injected, lease).await,
             Op::Renew => renew_cell(name, injected, lease).await,
             Op::KeepAlive => keep_alive_cell(name, injected, lease).await,
@@ -1033,12 +1003,9 @@ async fn secantus_a_lost_grant_reply_is_resent_with_its_txn_number_and_answered_
         "the grant was not sent as a retryable write"
     );
     assert_eq!(sent[0].0, sent[1].0, "the retry is another write");
-    assert_eq!(
-        sent[0].1,
-        Ended::Failed {
-            code: None,
-            labels: sent_labels(&sent[0].1)
-        }
+    assert!(
+        matches!(sent[0].1, Ended::Failed { code: None, .. }),
+        "the first write did not fail with a network error: {sent:?}"
     );
     assert!(matches!(
         sent[1].1,
@@ -1049,13 +1016,6 @@ async fn secantus_a_lost_grant_reply_is_resent_with_its_txn_number_and_answered_
     let released = answered(cell.locks.send(Unlock::new(grant.lock_id.clone()))).await;
     assert_eq!(released.ok(), Some(UnlockOutcome::Released));
     assert_eq!(cell.settle(&[grant.fence]).await, 0, "a fence was burnt");
-}
-
-fn sent_labels(ended: &Ended) -> Vec<String> {
-    match ended {
-        Ended::Failed { labels, .. } => labels.clone(),
-        _ => Vec::new(),
-    }
 }
 
 /// The driver retries once. When its retry fails too (here the failpoint closes the retry's

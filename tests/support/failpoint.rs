@@ -233,7 +233,7 @@ impl Commands {
 }
 
 /// The server error code of `e`, if the server answered with one.
-fn server_code(e: &mongodb::error::Error) -> Option<i32> {
+pub fn server_code(e: &mongodb::error::Error) -> Option<i32> {
     use mongodb::error::{ErrorKind, WriteFailure};
     match e.kind.as_ref() {
         ErrorKind::Command(c) => Some(c.code),
