@@ -13,8 +13,9 @@
 //! Renew and keep-alive, `update` for Unlock and the purge), once (`times: 1`; the block row's
 //! keep-alive cell blocks every renewal), and only the client of that cell's manager (the
 //! failpoint's `appName`). For every cell the test asserts
-//! the caller's answer and who retried (the driver re-sends the same `txnNumber`; the library
-//! sends a new operation), and the invariants: the answer comes within [`ANSWER_BOUND`], the
+//! the caller's answer, who retried (the driver re-sends the same `txnNumber`; the library
+//! sends a new operation) and, for an injected code, whether the server labelled it
+//! `RetryableWriteError`, and the invariants: the answer comes within [`ANSWER_BOUND`], the
 //! stored hold is the caller's exactly when the caller was told it holds, a hold nobody was told
 //! of is gone within its lease, and fences rise strictly (how many a fault burnt is part of the
 //! expected outcome). The expected outcomes follow from three facts, not from a list of observed
@@ -152,6 +153,8 @@ struct Cell {
     /// Fences no caller was ever told of.
     burnt: i64,
     took: Duration,
+    /// The labels of the first server error the faulted command met, if it met one.
+    labels: Option<Vec<String>>,
 }
 
 /// The expected answer, retrier and burnt fences of `op` under `injected`, from its class.
@@ -272,6 +275,20 @@ impl Setup {
         } else {
             RetriedBy::Nobody
         }
+    }
+
+    /// The labels of the first server error (one with a code) `op`'s command met.
+    fn first_error_labels(&self, op: Op) -> Option<Vec<String>> {
+        self.commands
+            .named(op.command())
+            .into_iter()
+            .find_map(|c| match c.ended {
+                Ended::Failed {
+                    code: Some(_),
+                    labels,
+                } => Some(labels),
+                _ => None,
+            })
     }
 
     /// After the cell: the resource must be free (or its lease over) within one lease (and a
@@ -424,12 +441,14 @@ async fn grant_cell(row: &str, injected: Injected, lease: Duration, op: Op) -> C
         Err(e) => describe(&e),
     };
     let retried_by = cell.retried_by(op);
+    let labels = cell.first_error_labels(op);
     let burnt = cell.settle(&told).await;
     Cell {
         answer,
         retried_by,
         burnt,
         took,
+        labels,
     }
 }
 
@@ -465,12 +484,14 @@ async fn unlock_cell(row: &str, injected: Injected, lease: Duration) -> Cell {
         }
     };
     let retried_by = cell.retried_by(Op::Unlock);
+    let labels = cell.first_error_labels(Op::Unlock);
     let burnt = cell.settle(&[grant.fence]).await;
     Cell {
         answer,
         retried_by,
         burnt,
         took,
+        labels,
     }
 }
 
@@ -510,12 +531,14 @@ async fn renew_cell(row: &str, injected: Injected, lease: Duration) -> Cell {
     let released = answered(cell.locks.send(Unlock::new(grant.lock_id))).await;
     assert!(released.is_ok(), "the holder cannot unlock: {released:?}");
     let retried_by = cell.retried_by(Op::Renew);
+    let labels = cell.first_error_labels(Op::Renew);
     let burnt = cell.settle(&[grant.fence]).await;
     Cell {
         answer,
         retried_by,
         burnt,
         took,
+        labels,
     }
 }
 
@@ -596,12 +619,14 @@ async fn keep_alive_cell(row: &str, injected: Injected, lease: Duration) -> Cell
         .await
         .expect("Unlock answers");
     let retried_by = cell.retried_by(Op::KeepAlive);
+    let labels = cell.first_error_labels(Op::KeepAlive);
     let burnt = cell.settle(&[grant.fence]).await;
     Cell {
         answer,
         retried_by,
         burnt,
         took,
+        labels,
     }
 }
 
@@ -643,6 +668,7 @@ async fn purge_cell(row: &str, injected: Injected, lease: Duration) -> Cell {
     let took = started.elapsed();
     off().await;
     let purges = cell.commands.named("update");
+    let labels = cell.first_error_labels(Op::Purge);
     assert!(
         purges.iter().all(|c| c.txn_number.is_none()),
         "a purge was sent as a retryable write"
@@ -676,6 +702,7 @@ async fn purge_cell(row: &str, injected: Injected, lease: Duration) -> Cell {
         retried_by,
         burnt,
         took,
+        labels,
     }
 }
 
@@ -696,9 +723,24 @@ async fn row(name: &str, injected: Injected, lease: Duration) {
         };
         let (answer, retried_by, burnt) = expected(injected, op);
         eprintln!(
-            "| {name} | {op:?} | {} | {:?} | {} | {:.0?} |",
-            cell.answer, cell.retried_by, cell.burnt, cell.took
+            "| {name} | {op:?} | {} | {:?} | {} | {:.0?} | {:?} |",
+            cell.answer, cell.retried_by, cell.burnt, cell.took, cell.labels
         );
+        // Why the driver retried or not: the server labels an injected code
+        // RetryableWriteError on a retryable write only (never on the purge's updateMany).
+        if let Injected::Code(_) = injected {
+            let labelled = cell
+                .labels
+                .as_ref()
+                .map(|labels| labels.iter().any(|l| l == "RetryableWriteError"));
+            let expect_label = class == Class::DriverRetries && op != Op::Purge;
+            if labelled != Some(expect_label) {
+                failures.push(format!(
+                    "{op:?}: the server error's labels are {:?}, expected RetryableWriteError: {expect_label}",
+                    cell.labels
+                ));
+            }
+        }
         if cell.answer != answer || cell.retried_by != retried_by || cell.burnt != burnt {
             failures.push(format!(
                 "{op:?}: expected ({answer:?}, {retried_by:?}, {burnt} burnt), saw {cell:?}"
