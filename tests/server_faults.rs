@@ -12,13 +12,12 @@
 //! time: the fault hits the command that operation sends (`findAndModify` for Lock, Acquire,
 //! Renew and keep-alive, `update` for Unlock and the purge), once (`times: 1`; the block row's
 //! keep-alive cell blocks every renewal), and only the client of that cell's manager (the
-//! failpoint's `appName`). For every cell the test asserts
-//! the caller's answer, who retried (the driver re-sends the same `txnNumber`; the library
-//! sends a new operation) and, for an injected code, whether the server labelled it
-//! `RetryableWriteError`, and the invariants: the answer comes within [`ANSWER_BOUND`], the
-//! stored hold is the caller's exactly when the caller was told it holds, a hold nobody was told
-//! of is gone within its lease, and fences rise strictly (how many a fault burnt is part of the
-//! expected outcome). The expected outcomes follow from three facts, not from a list of observed
+//! failpoint's `appName`). For every cell the test asserts the caller's answer, who retried (the
+//! driver re-sends the same `txnNumber`; the library sends a new operation) and, for an injected
+//! code, whether the server labelled it `RetryableWriteError`; and the invariants: the answer
+//! comes within [`ANSWER_BOUND`], the stored hold is the caller's exactly when the caller was
+//! told it holds, a hold nobody was told of is gone within its lease, and fences rise strictly
+//! (how many a fault burnt is part of the expected outcome). The expected outcomes follow from three facts, not from a list of observed
 //! answers: whether the fault lets the write apply, whether the server labels the error
 //! `RetryableWriteError` (the driver's only reason to retry a server error), and where the
 //! library retries (Acquire, Unlock, keep-alive and the next purge do; Lock and Renew do not).
