@@ -134,32 +134,51 @@ async fn contention_soak_keeps_mutual_exclusion_across_processes() {
         None,
         "an Unlock failed without any fault"
     );
-    // No fault, so every grant reached its caller: the stored fences are exactly 1..=n per
-    // resource, each seen once. A gap would be a grant nobody was told of.
+    // Every grant takes the next fence, and a fence no caller was told of comes only from a
+    // grant whose outcome its manager could not learn (docs/reliability.md, "Retried writes and
+    // fence gaps"). No write fails here (no fault is injected); the one way left is an Acquire
+    // that runs out of retries with an attempt in flight: if that attempt lands, its grant is
+    // released unseen. So the fences told are distinct and miss at most one per Acquire given
+    // up, and none at all when no Acquire gave up.
     let config = LockConfig::new(&name).database("actix_mongo_lock_tests");
+    let mut missing = Vec::new();
     for r in 0..resources {
         let resource = format!("r{r}");
-        let seen: BTreeSet<i64> = runs
+        let told: Vec<i64> = runs
             .iter()
             .flat_map(|run| &run.holds)
             .filter(|h| h.resource == resource)
             .map(|h| h.fence)
             .collect();
+        let distinct: BTreeSet<i64> = told.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            told.len(),
+            "{resource}: a fence was told twice"
+        );
         let document = stored(&config, &resource)
             .await
             .expect("the resource was stored");
         let last = stored_fence(&document);
-        assert_eq!(
-            seen,
-            (1..=last).collect::<BTreeSet<i64>>(),
-            "{resource}: the fences seen are not exactly 1..={last}"
+        assert!(
+            distinct.last().is_some_and(|&f| f <= last),
+            "{resource}: a fence above the stored {last} was told"
         );
+        missing.extend((1..=last).filter(|f| !distinct.contains(f)).map(|f| (r, f)));
         assert_eq!(
             document.get_document("exclusive").unwrap().get("acquired"),
             Some(&Bson::Boolean(false)),
             "{resource} is still held after every contender closed"
         );
     }
+    println!(
+        "fences told to no caller (resource, fence): {missing:?}; Acquires given up: {refusals}"
+    );
+    assert!(
+        missing.len() as u64 <= refusals,
+        "fences told to no caller (resource, fence): {missing:?}, but only {refusals} Acquires \
+         gave up: a grant was applied without its caller hearing of it"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod contender;
+pub mod failpoint;
 pub mod history;
 pub mod own_server;
 pub mod poll;
