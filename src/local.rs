@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -29,14 +29,18 @@ pub(crate) struct LocalHold {
     pub(crate) resource_id: ResourceId,
     pub(crate) granted_at: SystemTime,
     pub(crate) expires_at: SystemTime,
+    /// The lease it was granted with (the request's, or the configured one): renewals extend
+    /// it by as much.
+    pub(crate) ttl: Duration,
 }
 
 impl LocalHolds {
-    pub(crate) fn insert(&self, grant: &LockGrant) {
+    pub(crate) fn insert(&self, grant: &LockGrant, ttl: Duration) {
         let hold = LocalHold {
             resource_id: grant.resource_id.clone(),
             granted_at: grant.granted_at,
             expires_at: grant.expires_at,
+            ttl,
         };
         if let Some(previous) = self
             .by_resource
@@ -260,8 +264,8 @@ mod tests {
         let now = SystemTime::now();
         let live = grant("live", now + Duration::from_secs(10));
         let dead = grant("dead", now - Duration::from_secs(1));
-        holds.insert(&live);
-        holds.insert(&dead);
+        holds.insert(&live, Duration::from_secs(30));
+        holds.insert(&dead, Duration::from_secs(30));
         assert_eq!(
             holds.live_lease(&resource("live"), now),
             Some(live.expires_at)
@@ -284,8 +288,8 @@ mod tests {
         let now = SystemTime::now();
         let old = grant("a", now - Duration::from_secs(1));
         let new = grant("a", now + Duration::from_secs(10));
-        holds.insert(&old);
-        holds.insert(&new);
+        holds.insert(&old, Duration::from_secs(30));
+        holds.insert(&new, Duration::from_secs(30));
         assert!(holds.get(&old.lock_id).is_none());
         assert_eq!(holds.lock_ids(), vec![new.lock_id.clone()]);
         assert_eq!(holds.live_lease(&resource("a"), now), Some(new.expires_at));
