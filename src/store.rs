@@ -70,14 +70,24 @@ impl MongoStore {
         request: &str,
         work: impl std::future::Future<Output = Result<T, LockError>>,
     ) -> Result<T, LockError> {
-        match tokio::time::timeout(self.request_timeout, work).await {
+        self.bounded_within(self.request_timeout, request, work)
+            .await
+    }
+
+    /// [`bounded`](Self::bounded) by `limit` too: a grant or renewal of a lease of `limit` that
+    /// is answered later than that is useless (its lease ended on the way).
+    async fn bounded_within<T>(
+        &self,
+        limit: Duration,
+        request: &str,
+        work: impl std::future::Future<Output = Result<T, LockError>>,
+    ) -> Result<T, LockError> {
+        let limit = limit.min(self.request_timeout);
+        match tokio::time::timeout(limit, work).await {
             Ok(answer) => answer,
             Err(_) => Err(LockError::Unavailable {
-                waited: self.request_timeout,
-                last_error: format!(
-                    "{request}: no answer from the database within {:?}",
-                    self.request_timeout
-                ),
+                waited: limit,
+                last_error: format!("{request}: no answer from the database within {limit:?}"),
             }),
         }
     }
@@ -132,7 +142,7 @@ impl MongoStore {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Option<LockGrant>, LockError> {
-        self.bounded("grant", async {
+        self.bounded_within(ttl, "grant", async {
             let now_bson = DateTime::from_system_time(now);
             // Millisecond precision is all BSON dates keep; the grant reports what is stored.
             let granted_at = now_bson.to_system_time();
@@ -261,7 +271,7 @@ impl MongoStore {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Option<LockGrant>, LockError> {
-        self.bounded("renew", async {
+        self.bounded_within(ttl, "renew", async {
             let (owner, host, created_at) = match created_at {
                 Some(created_at) => (self.owner.clone(), self.host.clone(), created_at),
                 None => {

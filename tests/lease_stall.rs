@@ -1,14 +1,14 @@
-//! Server-side faults that the library does not survive today: each test here FAILS until the
-//! bug it names is fixed (then it moves into tests/server_faults.rs). SecantusDB only, like
-//! that file: every test is named `secantus_...` and asserts where it runs.
+//! Server-side stalls longer than a lease (SecantusDB failpoints, so SecantusDB only, like
+//! tests/server_faults.rs: every test is named `secantus_...` and asserts where it runs): a grant
+//! or renewal is never answered after its lease ended, and Lock and Renew answer within the lease.
 //!
 //! ```sh
-//! MONGO_SERVER=secantus scripts/with-mongo cargo test --test server_faults_bugs
+//! MONGO_SERVER=secantus scripts/with-mongo cargo test --test lease_stall
 //! ```
 //!
-//! The bug: a grant or renewal answered after its lease already ended. The store computes a
+//! The fault these pin (found by the fault table, fixed in the store and the core): a grant or renewal answered after its lease already ended. The store computes a
 //! lease as "the local reading of the server clock when the request was SENT + TTL", and
-//! nothing checks it when the reply arrives. A request held up longer than the lease (a stalled
+//! nothing checked it when the reply arrived. A request held up longer than the lease (a stalled
 //! server, a blocked connection, a long GC pause of the server) is applied late and answered as
 //! a success whose lease is already over: Lock answers `Ok(grant)`, Renew answers `Ok(renewed)`.
 //! Another manager may be granted the resource at that same moment, since the stored lease is

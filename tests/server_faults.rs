@@ -185,10 +185,12 @@ fn expected(injected: Injected, op: Op) -> (String, RetriedBy, i64) {
         (AppliedButFailed, Op::Unlock) => ("Unconfirmed", Library, 0),
         (AppliedButFailed, Op::Renew) => ("Database, lease extended", Nobody, 0),
         (AppliedButFailed, Op::KeepAlive) => ("kept", Library, 0),
-        (AppliedLate, Op::Lock | Op::Acquire) => ("granted, lease over on arrival", Nobody, 0),
+        // A grant or renewal is bounded by its lease: cut off when the lease would end on the
+        // way, answered Unavailable (Lock, Renew), and the late grant is released; the
+        // Acquire's next attempt, after the block, is granted.
+        (AppliedLate, Op::Lock | Op::Renew) => ("Unavailable", Nobody, 0),
+        (AppliedLate, Op::Acquire) => ("granted", Library, 0),
         (AppliedLate, Op::Unlock) => ("Released", Nobody, 0),
-        (AppliedLate, Op::Renew) => ("renewed, lease over on arrival", Nobody, 0),
-        // The renewal is cut off after a renewal interval and retried into the block again.
         // The renewal is cut off after one renewal interval, leaving less than one interval of
         // the lease: the holder is told at once, and nothing is retried.
         (AppliedLate, Op::KeepAlive) => {
