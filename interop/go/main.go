@@ -8,6 +8,7 @@
 //
 //	dplock-peer contend --family F --process P [--workers 4 --resources 3 --seconds 20 --hold-ms 5 --lock]
 //	dplock-peer serve   --family F [--fixed-time-id N]
+//	dplock-peer bench   --family F --measure uncontended|takers|throughput (see bench.go)
 //
 // contend: workers take turns on resources r0..r<n-1> until the time is up (Acquire, or Lock
 // with --lock), hold each for --hold-ms, Unlock, and print one line per hold:
@@ -54,7 +55,7 @@ func main() {
 	// dplock and dp-mongodb log to stdout by default; stdout is this program's protocol.
 	log.SetDestination(os.Stderr, os.Stderr)
 	if len(os.Args) < 2 {
-		fail(2, "usage: dplock-peer contend|serve [flags]")
+		fail(2, "usage: dplock-peer contend|serve|bench [flags]")
 	}
 	var err error
 	switch os.Args[1] {
@@ -62,8 +63,10 @@ func main() {
 		err = contend(os.Args[2:])
 	case "serve":
 		err = serve(os.Args[2:])
+	case "bench":
+		err = bench(os.Args[2:])
 	default:
-		fail(2, "unknown command %q: want contend or serve", os.Args[1])
+		fail(2, "unknown command %q: want contend, serve or bench", os.Args[1])
 	}
 	if err != nil {
 		fail(1, "%v", err)
