@@ -157,7 +157,7 @@ async fn start(family: &str) -> (Addr<LockManager>, Collection<Document>) {
     let collection = client
         .database(DATABASE)
         .collection(&config(family).collection_name());
-    let locks = LockManager::start(client, config(family))
+    let locks = LockManager::with_client(client, config(family))
         .await
         .expect("start a lock manager");
     (locks, collection)

@@ -96,22 +96,58 @@ impl MongoStore {
     /// indexes (a no-op when they exist).
     pub async fn ensure_indexes(&self) -> Result<(), LockError> {
         self.bounded("ensure_indexes", async {
-            let index = |key: &str, unique: bool| {
-                IndexModel::builder()
+            for (key, unique) in [
+                ("resource", true),
+                ("exclusive.lockId", false),
+                ("exclusive.expiresAt", false),
+            ] {
+                let index = IndexModel::builder()
                     .keys(doc! { key: 1 })
                     .options(IndexOptions::builder().unique(unique).build())
-                    .build()
-            };
-            self.collection
-                .create_indexes([
-                    index("resource", true),
-                    index("exclusive.lockId", false),
-                    index("exclusive.expiresAt", false),
-                ])
-                .await?;
+                    .build();
+                match self.collection.create_index(index).await {
+                    Ok(_) => {}
+                    Err(e) if matches!(error_code(&e), Some(85 | 86)) => {
+                        self.accept_existing_index(key, unique, e).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Ok(())
         })
         .await
+    }
+
+    /// An index on `key` exists with other options than ours (`conflict`, code 85 or 86):
+    /// dplock (square/mongo-lock) creates `resource_1` unique and sparse. Any index on the key
+    /// serves; for `resource` it must be unique, since uniqueness is what keeps one document per
+    /// resource (every lock document has a `resource`, so sparse changes nothing).
+    async fn accept_existing_index(
+        &self,
+        key: &str,
+        unique: bool,
+        conflict: mongodb::error::Error,
+    ) -> Result<(), LockError> {
+        use futures::TryStreamExt;
+        let existing: Vec<IndexModel> = self.collection.list_indexes().await?.try_collect().await?;
+        let serves = existing.iter().any(|index| {
+            index.keys == doc! { key: 1 }
+                && (!unique
+                    || index
+                        .options
+                        .as_ref()
+                        .and_then(|o| o.unique)
+                        .unwrap_or(false))
+        });
+        if serves {
+            tracing::debug!(
+                key,
+                "an index on the key exists with other options; using it"
+            );
+            Ok(())
+        } else {
+            Err(conflict.into())
+        }
     }
 
     /// The server's clock (`hello`'s `localTime`). One round trip.

@@ -956,7 +956,7 @@ async fn rust_manager_starts_on_a_lock_family_whose_indexes_dplock_created() {
     let mut go = GoPeer::start(&config.name, None).await;
     let (go_id, _, _) = go.lock("r").await.locked();
 
-    let locks = LockManager::start(support::server::client().await, config.clone())
+    let locks = LockManager::with_client(support::server::client().await, config.clone())
         .await
         .unwrap_or_else(|e| panic!("a Rust manager cannot start on dplock's indexes: {e}"));
     assert!(
