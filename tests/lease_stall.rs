@@ -3,7 +3,7 @@
 //! or renewal is never answered after its lease ended, and Lock and Renew answer within the lease.
 //!
 //! ```sh
-//! MONGO_SERVER=secantus scripts/with-mongo cargo test --test lease_stall
+//! MONGO_SERVER=secantus scripts/with-mongo cargo test --features failpoint-tests --test lease_stall
 //! ```
 //!
 //! The fault these pin (found by the fault table, fixed in the store and the core): a grant or renewal answered after its lease already ended. The store computes a

@@ -5,7 +5,7 @@
 //! (`MONGO_SERVER=secantus` and a replica-set `hello`), so on nx-27017 it fails loudly. Run:
 //!
 //! ```sh
-//! MONGO_SERVER=secantus scripts/with-mongo cargo test --test server_faults -- --nocapture
+//! MONGO_SERVER=secantus scripts/with-mongo cargo test --features failpoint-tests --test server_faults -- --nocapture
 //! ```
 //!
 //! Each row test arms one `failCommand` failpoint (tests/support/failpoint.rs) for one cell at a
