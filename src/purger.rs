@@ -66,7 +66,7 @@ impl Purger {
 
     fn purge(&mut self, ctx: &mut Context<Self>) {
         if self.purging.is_some() {
-            tracing::debug!("the last purge is still running; skipping this one");
+            tracing::debug!("the last purge is still running; this tick is left out");
             return;
         }
         let store = self.store.clone();

@@ -105,6 +105,7 @@ fn error_kind(e: &LockError) -> &'static str {
         LockError::AcquireTimeout { .. } => "AcquireTimeout",
         LockError::UnlockMaxRetries { .. } => "UnlockMaxRetries",
         LockError::Database(_) => "Database",
+        LockError::Unavailable { .. } => "Unavailable",
         other => panic!("a call under network faults answered an unexpected error: {other:?}"),
     }
 }
@@ -350,7 +351,10 @@ async fn a_lock_whose_grant_reply_was_lost_is_released_in_the_background_once_th
 
     let answer = answer.await.unwrap().unwrap();
     assert!(
-        matches!(answer, Err(LockError::Database(_))),
+        matches!(
+            answer,
+            Err(LockError::Database(_) | LockError::Unavailable { .. })
+        ),
         "a Lock whose reply was cut answered {answer:?}"
     );
     // The caller was told "failed", but the server holds the grant; the manager's background
@@ -484,7 +488,7 @@ async fn an_acquire_that_gives_up_after_a_lost_grant_reply_leaves_no_hold_behind
     assert!(
         matches!(
             answer,
-            Err(LockError::AcquireTimeout { .. } | LockError::Database(_))
+            Err(LockError::Unavailable { .. } | LockError::AcquireTimeout { .. })
         ),
         "an Acquire that could not reach the server answered {answer:?}"
     );
@@ -504,13 +508,18 @@ async fn an_acquire_that_gives_up_after_a_lost_grant_reply_leaves_no_hold_behind
     );
 }
 
-/// `Acquire::timeout` is the caller's deadline. While the server is unreachable each attempt
-/// blocks in the driver's server selection (5 s here, 30 s by default), and the Acquire must
-/// still answer when its deadline passes, not one selection timeout later.
+/// `Acquire::timeout` is the caller's deadline for waiting. While the server is unreachable each
+/// attempt blocks in the driver's server selection (5 s here, 30 s by default); the Acquire must
+/// still answer `Unavailable` once its deadline passes, not one selection timeout later: its
+/// first attempt runs to its end, bounded by `request_timeout`, and later ones are cut off at
+/// the deadline.
 #[actix_rt::test]
 async fn an_acquire_answers_by_its_deadline_while_the_server_is_unreachable() {
     let proxy = proxy().await;
-    let config = fast_config("acquire_deadline").acquire_retries(Duration::from_millis(50), 100);
+    let request_timeout = Duration::from_millis(500);
+    let config = fast_config("acquire_deadline")
+        .acquire_retries(Duration::from_millis(50), 100)
+        .request_timeout(request_timeout);
     let locks = manager_through(&proxy, SELECTION, &config).await;
     take_server_away(&proxy);
 
@@ -523,14 +532,11 @@ async fn an_acquire_answers_by_its_deadline_while_the_server_is_unreachable() {
     let took = started.elapsed();
     proxy.restore();
     assert!(
-        matches!(
-            answer,
-            Err(LockError::AcquireTimeout { .. } | LockError::Database(_))
-        ),
-        "{answer:?}"
+        matches!(answer, Err(LockError::Unavailable { .. })),
+        "an Acquire that never reached the server answered {answer:?}"
     );
     assert!(
-        took < timeout + Duration::from_millis(500),
+        took < timeout + request_timeout + Duration::from_millis(500),
         "an Acquire with a {timeout:?} deadline answered {answer:?} after {took:?}"
     );
 }
@@ -559,7 +565,10 @@ async fn a_lock_request_that_lands_after_its_failure_was_reported_is_still_relea
     let answer = locks.send(Lock::new("r")).await.unwrap();
     let failed_after = sent.elapsed();
     assert!(
-        matches!(answer, Err(LockError::Database(_))),
+        matches!(
+            answer,
+            Err(LockError::Database(_) | LockError::Unavailable { .. })
+        ),
         "the Lock answered {answer:?}"
     );
     assert!(
@@ -691,12 +700,18 @@ async fn a_holder_cut_off_longer_than_its_lease_is_told_and_taken_over_only_afte
 
     let renew = renew.await.unwrap().unwrap();
     assert!(
-        matches!(renew, Err(LockError::Database(_) | LockError::LockLost)),
+        matches!(
+            renew,
+            Err(LockError::Database(_) | LockError::Unavailable { .. } | LockError::LockLost)
+        ),
         "Renew through a black hole answered {renew:?}"
     );
     let other = other.await.unwrap().unwrap();
     assert!(
-        matches!(other, Err(LockError::Database(_))),
+        matches!(
+            other,
+            Err(LockError::Database(_) | LockError::Unavailable { .. })
+        ),
         "Lock through a black hole answered {other:?}"
     );
 

@@ -304,7 +304,7 @@ async fn lock_when_reachable(
     let mut failures = 0;
     loop {
         match locks.send(Lock::new(resource)).await.unwrap() {
-            Err(LockError::Database(e)) => {
+            Err(e @ (LockError::Database(_) | LockError::Unavailable { .. })) => {
                 failures += 1;
                 assert!(
                     Instant::now() < deadline,
@@ -345,7 +345,10 @@ async fn a_file_backed_server_restart_keeps_holds_and_managers_reconnect_by_them
         // While the server is down: a typed error, not a hang or a panic.
         let down = holder.send(Lock::new("while-down")).await.unwrap();
         assert!(
-            matches!(down, Err(LockError::Database(_))),
+            matches!(
+                down,
+                Err(LockError::Database(_) | LockError::Unavailable { .. })
+            ),
             "Lock with the server down answered {down:?}"
         );
         server.start_again().await;
