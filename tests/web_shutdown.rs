@@ -146,6 +146,14 @@ impl Instance {
     }
 }
 
+/// A failed test leaves no instance serving.
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What became of one request.
 #[derive(Debug, Clone)]
 enum Outcome {
