@@ -28,18 +28,22 @@
 //! 1. `StopGranting`: every new run and every waiting Acquire answers 503 (`Closing`) at once,
 //!    so clients go to another instance, whose waiting Acquires take each report as soon as
 //!    this one releases it. Unlock and Status keep working.
-//! 2. Wait, at most `DRAIN_TIMEOUT`, until the runs in progress have finished and unlocked. The
-//!    listener stays open meanwhile: a late request gets a clean 503, not a refused connection.
+//! 2. Wait, at most `DRAIN_TIMEOUT`, until the runs in progress have finished and unlocked,
+//!    then `LINGER` more. The listener stays open meanwhile, so a late request, or the next
+//!    request of a client whose run just ended, gets a clean 503 and goes elsewhere; closing
+//!    the listener under it would reset its connection.
 //! 3. `ServerHandle::stop(true)`: actix-web's graceful stop, with nothing left in flight
 //!    (bounded by `shutdown_timeout`).
 //! 4. `Close`: releases whatever is still held (nothing, normally), within the lock
 //!    configuration's `close_timeout`, and answers a `CloseReport`.
 //!
-//! So a shutdown takes at most `DRAIN_TIMEOUT + SHUTDOWN_TIMEOUT + close_timeout` (20 s), inside
-//! Kubernetes' 30 s grace period. Flags (or the environment): `--port` (`PORT`, 8080; 0 picks a
-//! free one), `--instance` (`INSTANCE`), `--family` (the lock family, "reports"), `--run-ms`
-//! (300), `--wait-ms` (1000), `--demo-seconds` (0: serve until a signal); the database is
-//! `MONGODB_URI`. Each answer and the closing report are printed to stdout; tracing logs go to
+//! So a shutdown takes at most `DRAIN_TIMEOUT + LINGER + SHUTDOWN_TIMEOUT + close_timeout`
+//! (20.5 s), inside Kubernetes' 30 s grace period.
+//!
+//! Flags (or the environment): `--port` (`PORT`, 8080; 0 picks a free one), `--instance`
+//! (`INSTANCE`), `--family` (the lock family, "reports"), `--run-ms` (300), `--wait-ms` (1000),
+//! `--demo-seconds` (0: serve until a signal); the database is `MONGODB_URI`. What the demo's
+//! requests are answered and the closing report are printed to stdout; tracing logs go to
 //! stderr when `RUST_LOG` is set.
 
 #[path = "support/flags.rs"]
@@ -62,6 +66,8 @@ const USAGE: &str = "usage: web [--port N] [--instance NAME] [--family NAME] [--
                      [--wait-ms N] [--demo-seconds N]";
 /// How long the shutdown waits for the runs in progress (step 2).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the listener goes on answering 503 once the runs are done (step 2).
+const LINGER: Duration = Duration::from_millis(500);
 /// actix-web's own bound on its graceful stop (step 3), in whole seconds as it takes it.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -332,6 +338,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         tracing::warn!("runs still in progress after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
+    actix_rt::time::sleep(LINGER).await;
     http.stop(true).await;
     serving.await??;
     let closed = runner.manager.send(Close).await?;

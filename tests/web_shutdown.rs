@@ -39,6 +39,25 @@ const TAKEOVER_BOUND_MS: u128 = 1500;
 /// up to date) and takes its path from cargo's report.
 fn build_example() -> PathBuf {
     let mut cargo = Command::new(env!("CARGO"));
+    // Cargo runs this test with the package's variables set (CARGO_PKG_NAME, OUT_DIR, ...).
+    // Build scripts that watch them (ring's does) would see them changed and rebuild, here and
+    // again in the next `cargo test`; so the build runs without them, as from a shell.
+    const SET_FOR_TESTS: [&str; 8] = [
+        "CARGO_MANIFEST_",
+        "CARGO_PKG_",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if SET_FOR_TESTS.iter().any(|set| name.starts_with(set)) {
+            cargo.env_remove(name.as_ref());
+        }
+    }
     cargo
         .args([
             "build",
