@@ -413,8 +413,7 @@ async fn sigterm_lets_running_reports_finish_while_the_other_instance_takes_over
         }
         let last_in_a = of_report
             .iter()
-            .filter(|run| run.instance == "a")
-            .last()
+            .rfind(|run| run.instance == "a")
             .expect("a ran every report");
         let first_in_b = of_report
             .iter()
