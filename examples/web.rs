@@ -217,15 +217,16 @@ async fn stop_signal() -> std::io::Result<&'static str> {
 }
 
 /// The demo: clients post runs of two reports at this instance for `seconds`, printing every
-/// answer, and keep posting through the shutdown that follows until the listener closes.
+/// answer, and on into the shutdown that follows, until each is answered 503 and leaves, as
+/// it would for another instance.
 async fn demo(addr: SocketAddr, seconds: u64) -> &'static str {
     for client in 0..4 {
         let path = format!("/reports/{}/run", ["daily", "weekly"][client % 2]);
         actix_rt::spawn(async move {
             while let Ok((status, body)) = request(addr, "POST", &path).await {
                 println!("POST {path} -> {status} {body}");
-                if status != 200 {
-                    actix_rt::time::sleep(Duration::from_millis(100)).await;
+                if status == 503 {
+                    break;
                 }
             }
         });
