@@ -27,6 +27,9 @@ const REPORTS: [&str; 3] = ["r0", "r1", "r2"];
 /// How long a report runs, and how long a request waits for its lock.
 const RUN_MS: u64 = 600;
 const WAIT_MS: u64 = 1500;
+/// How long after SIGTERM a run may still start in `a`: a grant already on its way when the
+/// signal came. Far shorter than a run, so a backlog served after the signal cannot hide in it.
+const STOP_GRANTING_MARGIN_MS: u128 = 200;
 /// The example's stated bound on a shutdown (drain 10 s, actix-web's stop 5 s, `Close` 5 s),
 /// with a margin for a loaded machine.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(30);
@@ -396,6 +399,15 @@ async fn sigterm_lets_running_reports_finish_while_the_other_instance_takes_over
     );
 
     let runs: Vec<Run> = answers.iter().filter_map(Answer::run).collect();
+    // `a` grants nothing once it has the signal: no waiting request and no new one runs there.
+    // The margin covers the signal's delivery and a grant already on its way at that moment.
+    let late: Vec<&Run> = runs
+        .iter()
+        .filter(|run| {
+            run.instance == "a" && run.started_ms > unix_ms(sigterm_at) + STOP_GRANTING_MARGIN_MS
+        })
+        .collect();
+    assert!(late.is_empty(), "a started runs after its signal: {late:?}");
     println!(
         "a stopped {} ms after SIGTERM; {} requests, {} runs, {waits_ended} waits in a ended with 503",
         unix_ms(a_exited_at) - unix_ms(sigterm_at),
