@@ -181,21 +181,32 @@ impl Lock {
             span: Span::current(),
         }
     }
-
-    /// Grant this hold a lease of `ttl` instead of `LockConfig::ttl` (renewals extend it by
-    /// `ttl` too): for work that takes longer, or shorter, than the family's usual. From 10 ms to
-    /// a year; otherwise the answer is [`LockError::InvalidConfig`] and nothing is written.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// Renew the lease every TTL/3 until unlocked; see [`KeepAlive`].
-    pub fn keep_alive(mut self, keep_alive: KeepAlive) -> Self {
-        self.keep_alive = Some(keep_alive);
-        self
-    }
 }
+
+/// The options `Lock` and `Acquire` share, as both ask for a grant.
+macro_rules! grant_options {
+    ($message:ident) => {
+        impl $message {
+            /// Grant this hold a lease of `ttl` instead of `LockConfig::ttl` (renewals extend it
+            /// by `ttl` too): for work that takes longer, or shorter, than the family's usual.
+            /// From 10 ms to a year; otherwise the answer is [`LockError::InvalidConfig`] and
+            /// nothing is written.
+            pub fn ttl(mut self, ttl: Duration) -> Self {
+                self.ttl = Some(ttl);
+                self
+            }
+
+            /// Renew the lease every TTL/3 until unlocked; see [`KeepAlive`].
+            pub fn keep_alive(mut self, keep_alive: KeepAlive) -> Self {
+                self.keep_alive = Some(keep_alive);
+                self
+            }
+        }
+    };
+}
+
+grant_options!(Lock);
+grant_options!(Acquire);
 
 /// How an [`Acquire`] waits for a resource held by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -252,18 +263,6 @@ impl Acquire {
             ttl: None,
             span: Span::current(),
         }
-    }
-
-    /// Grant this hold a lease of `ttl` instead of `LockConfig::ttl`; see [`Lock::ttl`].
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// Renew the lease every TTL/3 until unlocked; see [`KeepAlive`].
-    pub fn keep_alive(mut self, keep_alive: KeepAlive) -> Self {
-        self.keep_alive = Some(keep_alive);
-        self
     }
 
     /// Wait at most `timeout`, then answer [`LockError::AcquireTimeout`].

@@ -512,10 +512,14 @@ async fn is_acquired(config: &LockConfig, resource: &str) -> bool {
 #[actix_rt::test]
 async fn close_under_load_answers_all_1000_messages_and_keeps_no_released_lock() {
     let _serial = SERIAL.lock().await;
+    // This is about the drain, not the bounds: a thousand messages keep the slower test server
+    // (SecantusDB, one core) busy for seconds, so requests and Close get room enough.
     let config = fast_config("close_load")
         .ttl(Duration::from_secs(30))
         .acquire_retries(Duration::from_millis(50), 1000)
-        .purger_period(Duration::from_millis(100));
+        .purger_period(Duration::from_millis(100))
+        .request_timeout(Duration::from_secs(30))
+        .close_timeout(Duration::from_secs(60));
     let locks = manager(&config).await;
     // Holds resources elsewhere; its own purger (one purge at start, then hourly) must not be
     // mistaken for the closed manager's.

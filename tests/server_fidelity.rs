@@ -1287,6 +1287,25 @@ async fn the_store_sends_exactly_the_operations_pinned_here() {
         .unwrap()
         .unwrap();
 
+    // The start-up purge runs beside the messages: wait (up to 5 s) until it has been sent.
+    let purge_sent = || {
+        sent.lock()
+            .expect("the command log")
+            .iter()
+            .any(|(command, body)| {
+                command == "update"
+                    && body.get_array("updates").is_ok_and(|updates| {
+                        updates.iter().any(|u| {
+                            u.as_document()
+                                .is_some_and(|u| u.get_bool("multi") == Ok(true))
+                        })
+                    })
+            })
+    };
+    let waited = std::time::Instant::now();
+    while !purge_sent() && waited.elapsed() < Duration::from_secs(5) {
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
     let sent = sent.lock().expect("the command log").clone();
     let on_locks = |name: &str| -> Vec<Document> {
         sent.iter()
