@@ -2,7 +2,8 @@
 //!
 //! Two pollings share one wait ([`Wait`]: the deadline, the caller, how many retries were made,
 //! whether an attempt's outcome is unknown): dplock's fixed polling, and the adaptive one, in
-//! which only the head of this manager's local queue probes, paced by [`Backoff`].
+//! which only the head of this manager's local queue probes: woken by a release here, or, for a
+//! resource held elsewhere, as `watch.rs` decides (a release stream, else growing pauses).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -14,6 +15,7 @@ use crate::messages::{Acquire, LockGrant, LockId, Polling, ResourceId};
 use crate::reply::Caller;
 use crate::store::is_transient;
 
+use super::watch::RemoteWait;
 use super::Core;
 
 impl Core {
@@ -90,7 +92,7 @@ impl Core {
     ) -> Result<LockGrant, WaitEnd> {
         // Take a place in line before the first probe, so arrival order is grant order.
         let place = self.waiters.join(resource);
-        let mut backoff = Backoff::new(self.config.acquire_period);
+        let mut remote = RemoteWait::new(self.config.acquire_period);
         let mut probed = false;
         loop {
             let held_here = self.holds.live_lease(resource, self.clock.now());
@@ -108,7 +110,7 @@ impl Core {
             let pause = match held_here {
                 // Held through this manager: its Unlock wakes us; otherwise its lease ends.
                 Some(expires_at) => self.clock.until(expires_at),
-                None if place.is_head() => backoff.next_pause(),
+                None if place.is_head() => self.remote_pause(resource, &mut remote).await,
                 None => wait.remaining(),
             };
             self.pause(pause, Some(&place), wait).await?;
@@ -191,26 +193,4 @@ impl Wait<'_> {
 enum WaitEnd {
     OutOfTime,
     Error(LockError),
-}
-
-/// The pauses of [`Polling::Adaptive`](crate::Polling::Adaptive), whose rustdoc states the
-/// schedule (the unit tests below pin it).
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(acquire_period: Duration) -> Self {
-        let max = acquire_period / 10;
-        Backoff { next: max / 2, max }
-    }
-
-    fn next_pause(&mut self) -> Duration {
-        let base = self.next;
-        self.next = self.max;
-        // The randomness of a v4 UUID serves as jitter.
-        let fraction = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
-        base.mul_f64(0.9 + 0.4 * fraction)
-    }
 }
