@@ -121,18 +121,23 @@ impl ReleaseWatch {
     /// local queue, opens it again where it failed, and ends when nobody watches, the manager
     /// closes, or the server has no streams to give.
     async fn run(self: Rc<Self>) {
-        if let Err(reason) = self.stream_while_watched().await {
-            self.fall_back(reason);
-        } else {
-            self.state.set(StreamState::Idle);
+        let mut streamed = false;
+        match self.stream_while_watched(&mut streamed).await {
+            Ok(()) => self.state.set(StreamState::Idle),
+            Err(reason) => {
+                self.fall_back(reason);
+                if streamed {
+                    // Waiters that paused expecting an event probe again now.
+                    self.wake_watched();
+                }
+            }
         }
-        // Waiters that paused expecting an event probe again now.
-        self.wake_watched();
     }
 
     /// Runs streams until nobody watches (`Ok`) or until waiters must probe instead (`Err`,
-    /// saying why; the state then says whether to try again later).
-    async fn stream_while_watched(&self) -> Result<(), FallbackReason> {
+    /// saying why; the state then says whether to try again later). Sets `streamed` once a
+    /// stream has opened.
+    async fn stream_while_watched(&self, streamed: &mut bool) -> Result<(), FallbackReason> {
         if self.supported.get().is_none() {
             match self.store.change_streams_supported().await {
                 Ok(supported) => self.supported.set(Some(supported)),
@@ -167,6 +172,7 @@ impl ReleaseWatch {
                 }
             };
             self.state.set(StreamState::Streaming);
+            *streamed = true;
             tracing::debug!(resumed = resume.is_some(), "release stream open");
             // A release between a waiter's refused probe and this moment was not streamed.
             self.wake_watched();
