@@ -97,15 +97,14 @@ async fn monitored_manager(config: &LockConfig, app_name: &str) -> (Addr<LockMan
                 resumed,
             });
         }
-        CommandEvent::Succeeded(succeeded) => {
+        CommandEvent::Succeeded(succeeded)
             if seen
                 .stream_requests
                 .lock()
                 .unwrap()
-                .contains(&succeeded.request_id)
-            {
-                *seen.streams_opened.lock().unwrap() += 1;
-            }
+                .contains(&succeeded.request_id) =>
+        {
+            *seen.streams_opened.lock().unwrap() += 1;
         }
         _ => {}
     }));
