@@ -23,6 +23,15 @@ pub const DEFAULT_UNLOCK_PERIOD: Duration = Duration::from_millis(5);
 /// The seed's `UnlockMaxRetries`: Unlock retries after the first attempt.
 pub const DEFAULT_UNLOCK_MAX_RETRIES: u32 = 100;
 
+/// The default bound on every single database request; see [`LockConfig::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default bound on `Close`; see [`LockConfig::close_timeout`].
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest lease: shorter ones would expire before the grant's reply arrives.
+pub const MIN_TTL: Duration = Duration::from_millis(10);
+/// The longest lease: one year. "Forever" is not a lease; a dead holder would keep the resource.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The longest lock family name: it becomes part of a collection name.
 const MAX_NAME_LEN: usize = 64;
 
@@ -64,6 +73,17 @@ pub struct LockConfig {
     /// Unlock retries after the first attempt before `UnlockMaxRetries`. Default 100. The hold
     /// then lives until its lease ends.
     pub unlock_max_retries: u32,
+    /// The longest the manager waits for any one database request (a grant attempt, a release,
+    /// a renewal, a read). Default 5 s. A request not answered by then counts as failed with its
+    /// outcome unknown: a grant that may have landed is released in the background. `Unlock`
+    /// answers within it (retrying inside it), and `Status`, `ListHolds`, `Renew` and `Lock`
+    /// answer [`LockError::Unavailable`] after it when the database is gone. Shorter tells
+    /// callers sooner that the database is down; longer tolerates a slower database.
+    pub request_timeout: Duration,
+    /// The longest `Close` takes. Default 5 s. Close first waits for the messages in flight,
+    /// then releases the holds still held; a purge in progress is abandoned (it only tidies up).
+    /// Holds it could not release by then end with their leases, and its report counts them.
+    pub close_timeout: Duration,
     /// Who holds, stored with every grant (square/mongo-lock's `owner`). Default: the process
     /// name and id.
     pub owner: String,
@@ -87,6 +107,8 @@ impl LockConfig {
             acquire_max_retries: DEFAULT_ACQUIRE_MAX_RETRIES,
             unlock_period: DEFAULT_UNLOCK_PERIOD,
             unlock_max_retries: DEFAULT_UNLOCK_MAX_RETRIES,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
             owner: default_owner(),
             host: default_host(),
             clock: LocalClock::system(),
@@ -124,6 +146,18 @@ impl LockConfig {
     pub fn unlock_retries(mut self, period: Duration, max_retries: u32) -> Self {
         self.unlock_period = period;
         self.unlock_max_retries = max_retries;
+        self
+    }
+
+    /// Sets [`request_timeout`](Self::request_timeout).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets [`close_timeout`](Self::close_timeout).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
         self
     }
 
@@ -182,8 +216,12 @@ impl LockConfig {
         {
             return invalid(format!("database {:?} is not a valid name", self.database));
         }
-        if self.ttl < Duration::from_millis(10) {
-            return invalid(format!("ttl must be at least 10 ms, got {:?}", self.ttl));
+        check_ttl(self.ttl)?;
+        if self.request_timeout.is_zero() {
+            return invalid("request_timeout must not be zero".to_owned());
+        }
+        if self.close_timeout.is_zero() {
+            return invalid("close_timeout must not be zero".to_owned());
         }
         if self.purger_period.is_zero() {
             return invalid("purger_period must not be zero".to_owned());
@@ -206,10 +244,22 @@ impl fmt::Debug for LockConfig {
             .field("acquire_max_retries", &self.acquire_max_retries)
             .field("unlock_period", &self.unlock_period)
             .field("unlock_max_retries", &self.unlock_max_retries)
+            .field("request_timeout", &self.request_timeout)
+            .field("close_timeout", &self.close_timeout)
             .field("owner", &self.owner)
             .field("host", &self.host)
             .finish_non_exhaustive()
     }
+}
+
+/// Checks a lease, from the configuration or a request: [`MIN_TTL`] to [`MAX_TTL`].
+pub(crate) fn check_ttl(ttl: Duration) -> Result<(), LockError> {
+    if (MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Ok(());
+    }
+    Err(LockError::InvalidConfig {
+        reason: format!("ttl must be from {MIN_TTL:?} to {MAX_TTL:?} (one year), got {ttl:?}"),
+    })
 }
 
 fn default_owner() -> String {

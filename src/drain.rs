@@ -1,10 +1,12 @@
 //! The drain: one place that says "closing", one place that waits for in-flight work.
 //!
 //! Every message the manager accepts takes an [`InFlight`] token before its handler returns, so
-//! a `Close` that arrives later in the mailbox always sees it. Closing flips the state, which
-//! wakes everything waiting on [`Drain::closing`] (Acquire waits, Unlock retries), refuses new
-//! tokens, and then waits until the last token is dropped, as mini-redis's shutdown waits for
-//! the last sender.
+//! a `Close` that arrives later in the mailbox always sees it. A shutdown has two phases, each
+//! a step of one state: `StopGranting` ends granting (new Lock and Acquire answer `Closing`, and
+//! everything waiting on [`Drain::granting_ended`], the Acquire waits, wakes) while every other
+//! message is still accepted; `Close` then flips to closing, which wakes what waits on
+//! [`Drain::closing`] (Unlock retries, keep-alives), refuses new tokens, and waits until the
+//! last token is dropped, as mini-redis's shutdown waits for the last sender.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -13,9 +15,11 @@ use tokio::sync::{watch, Notify};
 
 use crate::error::LockError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The phases, in the order they come: a state never goes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum State {
     Open,
+    NotGranting,
     Closing,
     Closed,
 }
@@ -43,34 +47,67 @@ impl Drain {
 
     /// Accepts one message, or answers `Closing`.
     pub(crate) fn enter(self: &Rc<Self>) -> Result<InFlight, LockError> {
-        if *self.state.borrow() != State::Open {
+        if self.is_closing() {
             return Err(LockError::Closing);
         }
         self.in_flight.set(self.in_flight.get() + 1);
         Ok(InFlight(Rc::clone(self)))
     }
 
+    /// Accepts one message that asks for a grant (`Lock`, `Acquire`), or answers `Closing`
+    /// once granting has ended.
+    pub(crate) fn enter_to_grant(self: &Rc<Self>) -> Result<InFlight, LockError> {
+        if !self.is_granting() {
+            return Err(LockError::Closing);
+        }
+        self.enter()
+    }
+
+    /// Whether grants are still handed out (neither `StopGranting` nor `Close` came).
+    pub(crate) fn is_granting(&self) -> bool {
+        *self.state.borrow() == State::Open
+    }
+
     /// Whether closing has begun.
     pub(crate) fn is_closing(&self) -> bool {
-        *self.state.borrow() != State::Open
+        *self.state.borrow() >= State::Closing
+    }
+
+    /// Resolves once granting ends (at once if it has).
+    pub(crate) async fn granting_ended(&self) {
+        self.reached(State::NotGranting).await;
     }
 
     /// Resolves once closing begins (at once if it has).
     pub(crate) async fn closing(&self) {
+        self.reached(State::Closing).await;
+    }
+
+    async fn reached(&self, phase: State) {
         let mut state = self.state.subscribe();
         // The sender lives as long as `self`, so waiting cannot fail.
-        let _ = state.wait_for(|s| *s != State::Open).await;
+        let _ = state.wait_for(|s| *s >= phase).await;
+    }
+
+    /// Moves on to `phase` unless the drain is there or past it already.
+    fn advance(&self, phase: State) {
+        self.state.send_if_modified(|s| {
+            let behind = *s < phase;
+            if behind {
+                *s = phase;
+            }
+            behind
+        });
+    }
+
+    /// Ends granting and wakes every Acquire waiting. Idempotent.
+    pub(crate) fn stop_granting(&self) {
+        self.advance(State::NotGranting);
     }
 
     /// Begins closing: refuses new messages and wakes every waiter. Idempotent.
     pub(crate) fn begin_close(&self) {
-        self.state.send_if_modified(|s| {
-            let opened = *s == State::Open;
-            if opened {
-                *s = State::Closing;
-            }
-            opened
-        });
+        self.advance(State::Closing);
     }
 
     /// Resolves when no accepted message is still in flight.
@@ -91,8 +128,7 @@ impl Drain {
 
     /// Resolves when the drain has finished.
     pub(crate) async fn closed(&self) {
-        let mut state = self.state.subscribe();
-        let _ = state.wait_for(|s| *s == State::Closed).await;
+        self.reached(State::Closed).await;
     }
 }
 

@@ -16,14 +16,17 @@ pub enum LockError {
         resource_id: String,
     },
 
-    /// `Acquire`: the resource stayed held for the whole wait budget (the seed's
-    /// `ErrAcquireMaxRetries`). Try again later or raise the budget in `LockConfig`.
-    #[error("cannot acquire lock on {resource_id:?}, maximum number of retries ({retries}) has been reached")]
+    /// `Acquire` with the configured budget: the resource stayed held for the whole budget of
+    /// `acquire_max_retries` pauses of `acquire_period` (dplock's `ErrAcquireMaxRetries`). Try
+    /// again later or raise the budget in `LockConfig`.
+    #[error("cannot acquire lock on {resource_id:?}: still held when the maximum number of retries ({max_retries}) was reached after {waited:?}")]
     AcquireMaxRetries {
         /// The resource asked for.
         resource_id: String,
-        /// Retries made after the first attempt.
-        retries: u32,
+        /// The configured maximum, `LockConfig::acquire_max_retries`.
+        max_retries: u32,
+        /// How long the request waited.
+        waited: Duration,
     },
 
     /// `Acquire` with a caller-set deadline: the resource stayed held until it passed.
@@ -35,9 +38,11 @@ pub enum LockError {
         waited: Duration,
     },
 
-    /// `Unlock`: the database kept failing through every retry (the seed's
-    /// `ErrUnlockMaxRetries`). The hold ends when its lease does; nothing else is affected.
-    #[error("cannot unlock, maximum number of retries ({retries}) has been reached: {last_error}")]
+    /// `Unlock`: the database kept failing through every retry, or did not answer within
+    /// `LockConfig::request_timeout` (dplock's `ErrUnlockMaxRetries`). The release is
+    /// unconfirmed: the manager keeps trying in the background until the lease would have ended
+    /// anyway, and nothing else is affected.
+    #[error("cannot unlock after {retries} retries: {last_error}")]
     UnlockMaxRetries {
         /// Retries made after the first attempt.
         retries: u32,
@@ -86,7 +91,85 @@ pub enum LockError {
     #[error("lock manager has stopped")]
     ManagerStopped,
 
-    /// The database could not be reached or refused the request. Transient ones may be retried.
+    /// The database could not be reached, or did not answer within
+    /// `LockConfig::request_timeout`, for the whole request or wait: the lock service is down,
+    /// not busy (an HTTP service answers 503, not 409). Whether a write landed is unknown; the
+    /// manager releases a grant that may have landed. Try again later.
+    #[error("lock service unavailable after {waited:?}: {last_error}")]
+    Unavailable {
+        /// How long the request waited.
+        waited: Duration,
+        /// The last database error seen (or the request that was not answered in time).
+        last_error: String,
+    },
+
+    /// The database refused the request or failed while answering it. Transient ones
+    /// ([`is_transient`](Self::is_transient)) may be retried.
     #[error("database error: {0}")]
     Database(#[from] mongodb::error::Error),
+}
+
+impl LockError {
+    /// Someone else holds the resource (`AlreadyLocked`, `AcquireTimeout`,
+    /// `AcquireMaxRetries`): the lock service works and said no. An HTTP service answers 409.
+    ///
+    /// ```
+    /// use actix_mongo_lock::LockError;
+    /// let busy = LockError::AlreadyLocked { resource_id: "report-7".into() };
+    /// assert!(busy.is_busy() && !busy.is_unavailable());
+    /// ```
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            LockError::AlreadyLocked { .. }
+                | LockError::AcquireTimeout { .. }
+                | LockError::AcquireMaxRetries { .. }
+        )
+    }
+
+    /// The lock service cannot answer now: the database is unreachable or slow (`Unavailable`,
+    /// transient `Database` errors, an unconfirmed `UnlockMaxRetries`), or this manager is
+    /// shutting down (`Closing`, `ManagerStopped`). An HTTP service answers 503.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            LockError::Unavailable { .. }
+            | LockError::UnlockMaxRetries { .. }
+            | LockError::Closing
+            | LockError::ManagerStopped => true,
+            LockError::Database(e) => database_error_is_transient(e),
+            _ => false,
+        }
+    }
+
+    /// Sending the same request again later may succeed: the resource was busy, or the database
+    /// was unreachable or failed transiently. `false` for bad input, a lost lock, a closing
+    /// manager (start a new one) and errors in the request itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LockError::Closing | LockError::ManagerStopped => false,
+            LockError::Database(e) => database_error_is_transient(e),
+            other => other.is_busy() || other.is_unavailable(),
+        }
+    }
+}
+
+/// Whether retrying a request that failed with `e` may succeed: everything but errors in the
+/// request itself.
+pub(crate) fn database_error_is_transient(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    !matches!(
+        e.kind.as_ref(),
+        ErrorKind::InvalidArgument { .. }
+            | ErrorKind::Authentication { .. }
+            | ErrorKind::BsonSerialization(_)
+            | ErrorKind::BsonDeserialization(_)
+    )
+}
+
+/// The manager's mailbox could not deliver the message or its answer: the manager stopped.
+/// Lets `addr.send(message).await??` work in a function returning `Result<_, LockError>`.
+impl From<actix::MailboxError> for LockError {
+    fn from(_: actix::MailboxError) -> Self {
+        LockError::ManagerStopped
+    }
 }

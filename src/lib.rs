@@ -53,14 +53,16 @@ mod store;
 
 pub use clock::LocalClock;
 pub use config::{
-    LockConfig, DEFAULT_ACQUIRE_MAX_RETRIES, DEFAULT_ACQUIRE_PERIOD, DEFAULT_PURGER_PERIOD,
-    DEFAULT_TTL, DEFAULT_UNLOCK_MAX_RETRIES, DEFAULT_UNLOCK_PERIOD,
+    LockConfig, DEFAULT_ACQUIRE_MAX_RETRIES, DEFAULT_ACQUIRE_PERIOD, DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_PURGER_PERIOD, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, DEFAULT_UNLOCK_MAX_RETRIES,
+    DEFAULT_UNLOCK_PERIOD, MAX_TTL, MIN_TTL,
 };
 pub use error::LockError;
 pub use guard::LockGuard;
 pub use manager::LockManager;
 pub use messages::{
-    Acquire, Close, HoldStatus, KeepAlive, LeaseLost, ListHolds, Lock, LockGrant, LockId,
-    LostReason, Polling, Renew, ResourceId, Status, Unlock, UnlockOutcome, MAX_RESOURCE_ID_LEN,
+    Acquire, Close, CloseReport, HoldStatus, KeepAlive, LeaseLost, ListHolds, Lock, LockGrant,
+    LockId, LostReason, Polling, Renew, ResourceId, Status, StopGranting, Unlock, UnlockOutcome,
+    MAX_RESOURCE_ID_LEN,
 };
 pub use reply::Reply;

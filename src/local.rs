@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -29,14 +29,18 @@ pub(crate) struct LocalHold {
     pub(crate) resource_id: ResourceId,
     pub(crate) granted_at: SystemTime,
     pub(crate) expires_at: SystemTime,
+    /// The lease it was granted with (the request's, or the configured one): renewals extend
+    /// it by as much.
+    pub(crate) ttl: Duration,
 }
 
 impl LocalHolds {
-    pub(crate) fn insert(&self, grant: &LockGrant) {
+    pub(crate) fn insert(&self, grant: &LockGrant, ttl: Duration) {
         let hold = LocalHold {
             resource_id: grant.resource_id.clone(),
             granted_at: grant.granted_at,
             expires_at: grant.expires_at,
+            ttl,
         };
         if let Some(previous) = self
             .by_resource

@@ -17,7 +17,8 @@ use crate::config::LockConfig;
 use crate::core::Core;
 use crate::error::LockError;
 use crate::messages::{
-    Acquire, Close, HoldStatus, ListHolds, Lock, LockGrant, Renew, Status, Unlock, UnlockOutcome,
+    Acquire, Close, CloseReport, HoldStatus, ListHolds, Lock, LockGrant, Renew, Status,
+    StopGranting, Unlock, UnlockOutcome,
 };
 use crate::purger::{Purged, Purger};
 use crate::reply::{Caller, Reply};
@@ -97,22 +98,37 @@ impl Actor for LockManager {
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         if let Some(purger) = self.purger.take() {
             let core = Rc::clone(&self.core);
-            actix_rt::spawn(async move { core.close(Some(purger)).await });
+            actix_rt::spawn(async move {
+                core.close(Some(purger)).await;
+            });
         }
         Running::Stop
     }
 }
 
+/// What a message asks of the manager, for the drain: a grant (refused once granting ended),
+/// or anything else (refused once closing began).
+#[derive(Clone, Copy)]
+enum Asks {
+    Grant,
+    Other,
+}
+
 /// Runs a handler's work with a drain token, or answers `Closing` when none is given.
 fn accept<T: 'static, F>(
     core: &Rc<Core>,
+    asks: Asks,
     span: tracing::Span,
     work: impl FnOnce(Rc<Core>, Rc<Caller>) -> F,
 ) -> Reply<Result<T, LockError>>
 where
     F: std::future::Future<Output = Result<T, LockError>> + 'static,
 {
-    let token = match core.enter() {
+    let entered = match asks {
+        Asks::Grant => core.enter_to_grant(),
+        Asks::Other => core.enter(),
+    };
+    let token = match entered {
         Ok(token) => token,
         Err(e) => return Reply::ready(Err(e)),
     };
@@ -133,8 +149,8 @@ impl Handler<Lock> for LockManager {
     type Result = Reply<Result<LockGrant, LockError>>;
 
     fn handle(&mut self, msg: Lock, _: &mut Self::Context) -> Self::Result {
-        let span = tracing::info_span!("lock", resource = %msg.resource_id, lock_id = tracing::field::Empty);
-        accept(&self.core, span, |core, caller| async move {
+        let span = tracing::info_span!(parent: &msg.span, "lock", resource = %msg.resource_id, lock_id = tracing::field::Empty);
+        accept(&self.core, Asks::Grant, span, |core, caller| async move {
             core.lock(msg, &caller).await
         })
     }
@@ -144,8 +160,8 @@ impl Handler<Acquire> for LockManager {
     type Result = Reply<Result<LockGrant, LockError>>;
 
     fn handle(&mut self, msg: Acquire, _: &mut Self::Context) -> Self::Result {
-        let span = tracing::info_span!("acquire", resource = %msg.resource_id, lock_id = tracing::field::Empty);
-        accept(&self.core, span, |core, caller| async move {
+        let span = tracing::info_span!(parent: &msg.span, "acquire", resource = %msg.resource_id, lock_id = tracing::field::Empty);
+        accept(&self.core, Asks::Grant, span, |core, caller| async move {
             core.acquire(msg, &caller).await
         })
     }
@@ -155,8 +171,8 @@ impl Handler<Unlock> for LockManager {
     type Result = Reply<Result<UnlockOutcome, LockError>>;
 
     fn handle(&mut self, msg: Unlock, _: &mut Self::Context) -> Self::Result {
-        let span = tracing::info_span!("unlock", lock_id = ?msg.lock_id);
-        accept(&self.core, span, |core, _| async move {
+        let span = tracing::info_span!(parent: &msg.span, "unlock", lock_id = ?msg.lock_id);
+        accept(&self.core, Asks::Other, span, |core, _| async move {
             core.unlock(&msg.lock_id).await
         })
     }
@@ -166,8 +182,8 @@ impl Handler<Renew> for LockManager {
     type Result = Reply<Result<LockGrant, LockError>>;
 
     fn handle(&mut self, msg: Renew, _: &mut Self::Context) -> Self::Result {
-        let span = tracing::info_span!("renew", lock_id = ?msg.lock_id);
-        accept(&self.core, span, |core, _| async move {
+        let span = tracing::info_span!(parent: &msg.span, "renew", lock_id = ?msg.lock_id);
+        accept(&self.core, Asks::Other, span, |core, _| async move {
             core.renew(&msg.lock_id).await
         })
     }
@@ -177,8 +193,8 @@ impl Handler<Status> for LockManager {
     type Result = Reply<Result<Option<HoldStatus>, LockError>>;
 
     fn handle(&mut self, msg: Status, _: &mut Self::Context) -> Self::Result {
-        let span = tracing::info_span!("status", resource = %msg.resource_id);
-        accept(&self.core, span, |core, _| async move {
+        let span = tracing::info_span!(parent: &msg.span, "status", resource = %msg.resource_id);
+        accept(&self.core, Asks::Other, span, |core, _| async move {
             core.status(msg.resource_id).await
         })
     }
@@ -189,14 +205,22 @@ impl Handler<ListHolds> for LockManager {
 
     fn handle(&mut self, _: ListHolds, _: &mut Self::Context) -> Self::Result {
         let span = tracing::info_span!("list_holds");
-        accept(&self.core, span, |core, _| async move {
+        accept(&self.core, Asks::Other, span, |core, _| async move {
             core.list_holds().await
         })
     }
 }
 
+impl Handler<StopGranting> for LockManager {
+    type Result = ();
+
+    fn handle(&mut self, _: StopGranting, _: &mut Self::Context) {
+        self.core.stop_granting();
+    }
+}
+
 impl Handler<Close> for LockManager {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<CloseReport>;
 
     fn handle(&mut self, _: Close, _: &mut Self::Context) -> Self::Result {
         let core = Rc::clone(&self.core);

@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use actix::{Message, Recipient};
+use tracing::Span;
 
 use crate::error::LockError;
 
@@ -23,6 +24,7 @@ pub const MAX_RESOURCE_ID_LEN: usize = 512;
 /// assert!(matches!(ResourceId::new(""), Err(LockError::InvalidResourceId { .. })));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
 pub struct ResourceId(String);
 
 impl ResourceId {
@@ -109,9 +111,15 @@ impl fmt::Debug for LockId {
 }
 
 /// A granted hold.
+///
+/// With the `serde` feature (on by default) it serialises without its lock id: knowing the id
+/// is the right to unlock, so it never leaves the process by accident. Times serialise as serde
+/// does `SystemTime` (`{secs_since_epoch, nanos_since_epoch}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LockGrant {
     /// The id that releases (and renews) this hold.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub lock_id: LockId,
     /// The resource held.
     pub resource_id: ResourceId,
@@ -127,6 +135,7 @@ pub struct LockGrant {
 
 /// What an [`Unlock`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum UnlockOutcome {
     /// The hold with that id was released.
     Released,
@@ -153,8 +162,12 @@ pub enum UnlockOutcome {
 pub struct Lock {
     /// The resource to lock.
     pub resource_id: String,
-    /// Renew the lease until unlocked; see [`KeepAlive`].
+    /// Renew the lease every TTL/3 until unlocked; see [`KeepAlive`].
     pub keep_alive: Option<KeepAlive>,
+    /// The lease of this grant; `None` uses `LockConfig::ttl`.
+    pub ttl: Option<Duration>,
+    /// The sender's span when the message was made: the manager's span is its child.
+    pub(crate) span: Span,
 }
 
 impl Lock {
@@ -163,7 +176,17 @@ impl Lock {
         Lock {
             resource_id: resource_id.into(),
             keep_alive: None,
+            ttl: None,
+            span: Span::current(),
         }
+    }
+
+    /// Grant this hold a lease of `ttl` instead of `LockConfig::ttl` (renewals extend it by
+    /// `ttl` too): for work that takes longer, or shorter, than the family's usual. From 10 ms to
+    /// a year; otherwise the answer is [`LockError::InvalidConfig`] and nothing is written.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
     }
 
     /// Renew the lease every TTL/3 until unlocked; see [`KeepAlive`].
@@ -199,6 +222,10 @@ pub struct Acquire {
     pub polling: Polling,
     /// Renew the lease until unlocked; see [`KeepAlive`].
     pub keep_alive: Option<KeepAlive>,
+    /// The lease of this grant; `None` uses `LockConfig::ttl`.
+    pub ttl: Option<Duration>,
+    /// The sender's span when the message was made: the manager's span is its child.
+    pub(crate) span: Span,
 }
 
 impl Acquire {
@@ -209,7 +236,15 @@ impl Acquire {
             timeout: None,
             polling: Polling::default(),
             keep_alive: None,
+            ttl: None,
+            span: Span::current(),
         }
+    }
+
+    /// Grant this hold a lease of `ttl` instead of `LockConfig::ttl`; see [`Lock::ttl`].
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
     }
 
     /// Renew the lease every TTL/3 until unlocked; see [`KeepAlive`].
@@ -237,21 +272,58 @@ impl Acquire {
 pub struct Unlock {
     /// The id from the [`LockGrant`].
     pub lock_id: LockId,
+    /// The sender's span when the message was made: the manager's span is its child.
+    pub(crate) span: Span,
 }
 
 impl Unlock {
     /// Release `lock_id`.
     pub fn new(lock_id: LockId) -> Self {
-        Unlock { lock_id }
+        Unlock {
+            lock_id,
+            span: Span::current(),
+        }
     }
 }
 
-/// Drain and stop the manager: every accepted message is answered, waiting Acquires end with
-/// [`LockError::Closing`], the purger stops, and only then does `Close` answer. Every later
-/// message is answered `Closing`. Sending `Close` again waits for the same drain.
+/// Phase 1 of a shutdown: stop granting, let running work finish. New `Lock` and `Acquire`
+/// answer [`LockError::Closing`] and waiting Acquires end with it (so a peer manager can take the
+/// resources they waited for), while `Unlock`, `Renew`, `Status`, `ListHolds`, keep-alive and
+/// guards keep working. Answers at once. Send [`Close`] when the running work is done.
+///
+/// ```no_run
+/// # async fn demo(manager: actix::Addr<actix_mongo_lock::LockManager>) -> Result<(), actix::MailboxError> {
+/// use actix_mongo_lock::{Close, StopGranting};
+/// manager.send(StopGranting).await?;   // on SIGTERM
+/// // ... running requests finish and unlock ...
+/// let report = manager.send(Close).await?;
+/// assert_eq!(report.unreleased, 0);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
+pub struct StopGranting;
+
+/// Phase 2 of a shutdown, the drain: every accepted message is answered, waiting Acquires end
+/// with [`LockError::Closing`], the holds still held here are released and the purger stops (a
+/// purge in progress is abandoned); then `Close` answers with a [`CloseReport`]. It answers within
+/// `LockConfig::close_timeout` even when the database is gone; holds it could not release end
+/// with their leases. The actor stays alive and answers every later message `Closing`; sending
+/// `Close` again waits for the same drain.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "CloseReport")]
 pub struct Close;
+
+/// What [`Close`] did with the holds still held by its manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Holds released (the server confirmed each).
+    pub released: usize,
+    /// Holds not released by the close timeout (the database was slow or gone): they end with
+    /// their leases.
+    pub unreleased: usize,
+}
 
 /// Keep-alive for one grant: the manager renews the lease every TTL/3 until the hold is unlocked
 /// (or the manager closes), and tells `notify` at once if the hold is lost.
@@ -331,12 +403,17 @@ pub enum LostReason {
 pub struct Renew {
     /// The id from the [`LockGrant`].
     pub lock_id: LockId,
+    /// The sender's span when the message was made: the manager's span is its child.
+    pub(crate) span: Span,
 }
 
 impl Renew {
     /// Renew `lock_id`.
     pub fn new(lock_id: LockId) -> Self {
-        Renew { lock_id }
+        Renew {
+            lock_id,
+            span: Span::current(),
+        }
     }
 }
 
@@ -346,6 +423,8 @@ impl Renew {
 pub struct Status {
     /// The resource to look at.
     pub resource_id: String,
+    /// The sender's span when the message was made: the manager's span is its child.
+    pub(crate) span: Span,
 }
 
 impl Status {
@@ -353,6 +432,7 @@ impl Status {
     pub fn new(resource_id: impl Into<String>) -> Self {
         Status {
             resource_id: resource_id.into(),
+            span: Span::current(),
         }
     }
 }
@@ -363,8 +443,9 @@ impl Status {
 #[rtype(result = "Result<Vec<HoldStatus>, LockError>")]
 pub struct ListHolds;
 
-/// A hold as [`Status`] and [`ListHolds`] show it.
+/// A hold as [`Status`] and [`ListHolds`] show it (and, with the `serde` feature, serialise it).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct HoldStatus {
     /// The resource held.
     pub resource_id: ResourceId,

@@ -1,9 +1,10 @@
 //! `Purger`: the manager's child actor that clears expired holds.
 //!
-//! It purges once when started and then every `purger_period`. A purge blocks the purger's own
-//! mailbox (`ctx.wait`), so a [`StopPurger`] sent during a purge is handled once that purge is
-//! finished: stopping with the manager never cuts a purge in half. Expired holds are taken over
-//! by the next grant anyway; purging keeps the collection and `Status` honest. Each purge also
+//! It purges once when started and then every `purger_period`, one purge at a time (a tick that
+//! comes while a purge is still running is skipped). A [`StopPurger`] abandons the purge in
+//! progress: `Close` must answer within its deadline even when the database is gone, and a purge
+//! only tidies up (expired holds are taken over by the next grant anyway; purging keeps the
+//! collection and `Status` honest); each of its writes is atomic on its own. Each purge also
 //! recreates the indexes if the collection lost them, and measures the server's clock again, so
 //! a drifting local clock is corrected every period.
 //!
@@ -27,9 +28,11 @@ pub(crate) struct Purger {
     clock: ServerClock,
     period: Duration,
     parent: WeakRecipient<Purged>,
+    /// The purge in progress, if any.
+    purging: Option<SpawnHandle>,
 }
 
-/// Stops the purger after the purge in progress, if any.
+/// Stops the purger, abandoning the purge in progress, if any.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct StopPurger;
@@ -57,10 +60,15 @@ impl Purger {
             clock,
             period,
             parent,
+            purging: None,
         }
     }
 
     fn purge(&mut self, ctx: &mut Context<Self>) {
+        if self.purging.is_some() {
+            tracing::debug!("the last purge is still running; skipping this one");
+            return;
+        }
         let store = self.store.clone();
         let clock = self.clock.clone();
         let parent = self.parent.clone();
@@ -86,11 +94,10 @@ impl Purger {
             offset
         }
         .instrument(span);
-        ctx.wait(
-            purge
-                .into_actor(self)
-                .map(|offset, purger, _| purger.clock.set_offset(offset)),
-        );
+        self.purging = Some(ctx.spawn(purge.into_actor(self).map(|offset, purger, _| {
+            purger.clock.set_offset(offset);
+            purger.purging = None;
+        })));
     }
 }
 
@@ -107,6 +114,10 @@ impl Handler<StopPurger> for Purger {
     type Result = ();
 
     fn handle(&mut self, _: StopPurger, ctx: &mut Self::Context) {
+        if let Some(purge) = self.purging.take() {
+            tracing::debug!("abandoning the purge in progress");
+            ctx.cancel_future(purge);
+        }
         tracing::debug!("purger stopping");
         ctx.stop();
     }

@@ -25,7 +25,7 @@ use mongodb::options::{FullDocumentType, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 
 use crate::config::LockConfig;
-use crate::error::LockError;
+use crate::error::{database_error_is_transient, LockError};
 use crate::messages::{HoldStatus, LockGrant, LockId, ResourceId};
 
 /// MongoDB's duplicate-key error code. Recognised by code, never by message.
@@ -44,6 +44,7 @@ pub struct MongoStore {
     prefix: String,
     owner: String,
     host: String,
+    request_timeout: Duration,
 }
 
 impl MongoStore {
@@ -58,6 +59,7 @@ impl MongoStore {
             prefix: format!("{}-", config.name),
             owner: config.owner.clone(),
             host: config.host.clone(),
+            request_timeout: config.request_timeout,
         }
     }
 
@@ -66,38 +68,65 @@ impl MongoStore {
         self.collection.name()
     }
 
+    /// Runs one request, answering [`LockError::Unavailable`] if the database has not answered
+    /// within `request_timeout`: the driver would wait out its server selection timeout (30 s by
+    /// default) for a server that is gone, and a black-holed connection longer still. Dropping
+    /// the request's future makes the driver close its connection.
+    async fn bounded<T>(
+        &self,
+        request: &str,
+        work: impl std::future::Future<Output = Result<T, LockError>>,
+    ) -> Result<T, LockError> {
+        match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(answer) => answer,
+            Err(_) => Err(LockError::Unavailable {
+                waited: self.request_timeout,
+                last_error: format!(
+                    "{request}: no answer from the database within {:?}",
+                    self.request_timeout
+                ),
+            }),
+        }
+    }
+
     /// Creates the unique `resource` index and the `exclusive.lockId` and `exclusive.expiresAt`
     /// indexes (a no-op when they exist).
     pub async fn ensure_indexes(&self) -> Result<(), LockError> {
-        let index = |key: &str, unique: bool| {
-            IndexModel::builder()
-                .keys(doc! { key: 1 })
-                .options(IndexOptions::builder().unique(unique).build())
-                .build()
-        };
-        self.collection
-            .create_indexes([
-                index("resource", true),
-                index("exclusive.lockId", false),
-                index("exclusive.expiresAt", false),
-            ])
-            .await?;
-        Ok(())
+        self.bounded("ensure_indexes", async {
+            let index = |key: &str, unique: bool| {
+                IndexModel::builder()
+                    .keys(doc! { key: 1 })
+                    .options(IndexOptions::builder().unique(unique).build())
+                    .build()
+            };
+            self.collection
+                .create_indexes([
+                    index("resource", true),
+                    index("exclusive.lockId", false),
+                    index("exclusive.expiresAt", false),
+                ])
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The server's clock (`hello`'s `localTime`). One round trip.
     pub async fn server_time(&self) -> Result<SystemTime, LockError> {
-        let reply = self
-            .client
-            .database("admin")
-            .run_command(doc! { "hello": 1 })
-            .await?;
-        match reply.get("localTime") {
-            Some(Bson::DateTime(t)) => Ok(t.to_system_time()),
-            _ => Err(LockError::CorruptDocument {
-                reason: "hello answered without a localTime date".to_owned(),
-            }),
-        }
+        self.bounded("server_time", async {
+            let reply = self
+                .client
+                .database("admin")
+                .run_command(doc! { "hello": 1 })
+                .await?;
+            match reply.get("localTime") {
+                Some(Bson::DateTime(t)) => Ok(t.to_system_time()),
+                _ => Err(LockError::CorruptDocument {
+                    reason: "hello answered without a localTime date".to_owned(),
+                }),
+            }
+        })
+        .await
     }
 
     /// One atomic grant: takes `resource` if it is free, its lease expired, or it is already
@@ -110,55 +139,58 @@ impl MongoStore {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Option<LockGrant>, LockError> {
-        let now_bson = DateTime::from_system_time(now);
-        // Millisecond precision is all BSON dates keep; the grant reports what is stored.
-        let granted_at = now_bson.to_system_time();
-        let expires_at = DateTime::from_system_time(now + ttl).to_system_time();
-        // `resource` stays top-level so an upsert writes it into a new document; the `$or`
-        // sits inside `$and` because the embedded test server drops the conditions beside a
-        // bare `$or`. "Expired" is a strict `$lt`: exact on MongoDB, and never early on a
-        // server that compares dates by whole seconds (docs/compatibility.md).
-        let filter = doc! {
-            "resource": self.stored_name(resource),
-            "shared.count": 0,
-            "$and": [{ "$or": [
-                { "exclusive.acquired": false },
-                { "exclusive.expiresAt": { "$lt": now_bson } },
-                { "exclusive.lockId": lock_id.as_str() },
-            ] }],
-        };
-        let update = doc! {
-            "$set": {
-                "exclusive": self.held(lock_id, granted_at, None, expires_at),
-                "shared": { "count": 0, "locks": [] },
-            },
-            "$inc": { "fence": 1_i64 },
-        };
-        let result = self
-            .collection
-            .find_one_and_update(filter, update)
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await;
-        let stored = match result {
-            Ok(Some(stored)) => stored,
-            // Real MongoDB answers a held resource with the upsert's duplicate key; the embedded
-            // test server answers with no document. Both mean "held by someone else".
-            Ok(None) => return Ok(None),
-            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let fence = read_fence(&stored)?;
-        if fence == 1 && !self.sole_document(resource, lock_id, &stored).await? {
-            return Ok(None);
-        }
-        Ok(Some(LockGrant {
-            lock_id: lock_id.clone(),
-            resource_id: resource.clone(),
-            fence,
-            granted_at,
-            expires_at,
-        }))
+        self.bounded("grant", async {
+            let now_bson = DateTime::from_system_time(now);
+            // Millisecond precision is all BSON dates keep; the grant reports what is stored.
+            let granted_at = now_bson.to_system_time();
+            let expires_at = DateTime::from_system_time(now + ttl).to_system_time();
+            // `resource` stays top-level so an upsert writes it into a new document; the `$or`
+            // sits inside `$and` because the embedded test server drops the conditions beside a
+            // bare `$or`. "Expired" is a strict `$lt`: exact on MongoDB, and never early on a
+            // server that compares dates by whole seconds (docs/compatibility.md).
+            let filter = doc! {
+                "resource": self.stored_name(resource),
+                "shared.count": 0,
+                "$and": [{ "$or": [
+                    { "exclusive.acquired": false },
+                    { "exclusive.expiresAt": { "$lt": now_bson } },
+                    { "exclusive.lockId": lock_id.as_str() },
+                ] }],
+            };
+            let update = doc! {
+                "$set": {
+                    "exclusive": self.held(lock_id, granted_at, None, expires_at),
+                    "shared": { "count": 0, "locks": [] },
+                },
+                "$inc": { "fence": 1_i64 },
+            };
+            let result = self
+                .collection
+                .find_one_and_update(filter, update)
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            let stored = match result {
+                Ok(Some(stored)) => stored,
+                // Real MongoDB answers a held resource with the upsert's duplicate key; the embedded
+                // test server answers with no document. Both mean "held by someone else".
+                Ok(None) => return Ok(None),
+                Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let fence = read_fence(&stored)?;
+            if fence == 1 && !self.sole_document(resource, lock_id, &stored).await? {
+                return Ok(None);
+            }
+            Ok(Some(LockGrant {
+                lock_id: lock_id.clone(),
+                resource_id: resource.clone(),
+                fence,
+                granted_at,
+                expires_at,
+            }))
+        })
+        .await
     }
 
     /// After a grant that created its resource's document (fence 1): whether that document is
@@ -194,29 +226,35 @@ impl MongoStore {
 
     /// Releases the hold with exactly `lock_id`; `true` if there was one. One update.
     pub async fn release(&self, lock_id: &LockId) -> Result<bool, LockError> {
-        let result = self
-            .collection
-            .update_one(
-                doc! { "exclusive.lockId": lock_id.as_str() },
-                doc! { "$set": { "exclusive": released() } },
-            )
-            .await?;
-        Ok(result.matched_count > 0)
+        self.bounded("release", async {
+            let result = self
+                .collection
+                .update_one(
+                    doc! { "exclusive.lockId": lock_id.as_str() },
+                    doc! { "$set": { "exclusive": released() } },
+                )
+                .await?;
+            Ok(result.matched_count > 0)
+        })
+        .await
     }
 
     /// Releases every hold whose lease ended before `now`; returns how many.
     pub async fn purge_expired(&self, now: SystemTime) -> Result<u64, LockError> {
-        let result = self
-            .collection
-            .update_many(
-                doc! {
-                    "exclusive.acquired": true,
-                    "exclusive.expiresAt": { "$lt": DateTime::from_system_time(now) },
-                },
-                doc! { "$set": { "exclusive": released() } },
-            )
-            .await?;
-        Ok(result.modified_count)
+        self.bounded("purge_expired", async {
+            let result = self
+                .collection
+                .update_many(
+                    doc! {
+                        "exclusive.acquired": true,
+                        "exclusive.expiresAt": { "$lt": DateTime::from_system_time(now) },
+                    },
+                    doc! { "$set": { "exclusive": released() } },
+                )
+                .await?;
+            Ok(result.modified_count)
+        })
+        .await
     }
 
     /// Extends the live hold `lock_id` to `now + ttl`; `Ok(None)` if it is not live. One
@@ -230,51 +268,54 @@ impl MongoStore {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Option<LockGrant>, LockError> {
-        let (owner, host, created_at) = match created_at {
-            Some(created_at) => (self.owner.clone(), self.host.clone(), created_at),
-            None => {
-                let Some(stored) = self
-                    .collection
-                    .find_one(doc! { "exclusive.lockId": lock_id.as_str() })
-                    .await?
-                else {
-                    return Ok(None);
-                };
-                let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
-                (
-                    exclusive.get_str("owner").unwrap_or_default().to_owned(),
-                    exclusive.get_str("host").unwrap_or_default().to_owned(),
-                    read_date(exclusive, "createdAt")?.unwrap_or(now),
+        self.bounded("renew", async {
+            let (owner, host, created_at) = match created_at {
+                Some(created_at) => (self.owner.clone(), self.host.clone(), created_at),
+                None => {
+                    let Some(stored) = self
+                        .collection
+                        .find_one(doc! { "exclusive.lockId": lock_id.as_str() })
+                        .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
+                    (
+                        exclusive.get_str("owner").unwrap_or_default().to_owned(),
+                        exclusive.get_str("host").unwrap_or_default().to_owned(),
+                        read_date(exclusive, "createdAt")?.unwrap_or(now),
+                    )
+                }
+            };
+            let renewed_at = DateTime::from_system_time(now).to_system_time();
+            let expires_at = DateTime::from_system_time(now + ttl).to_system_time();
+            let mut exclusive = self.held(lock_id, created_at, Some(renewed_at), expires_at);
+            exclusive.insert("owner", owner);
+            exclusive.insert("host", host);
+            let renewed = self
+                .collection
+                .find_one_and_update(
+                    doc! {
+                        "exclusive.lockId": lock_id.as_str(),
+                        "exclusive.acquired": true,
+                        "exclusive.expiresAt": { "$gt": DateTime::from_system_time(now) },
+                    },
+                    doc! { "$set": { "exclusive": exclusive } },
                 )
-            }
-        };
-        let renewed_at = DateTime::from_system_time(now).to_system_time();
-        let expires_at = DateTime::from_system_time(now + ttl).to_system_time();
-        let mut exclusive = self.held(lock_id, created_at, Some(renewed_at), expires_at);
-        exclusive.insert("owner", owner);
-        exclusive.insert("host", host);
-        let renewed = self
-            .collection
-            .find_one_and_update(
-                doc! {
-                    "exclusive.lockId": lock_id.as_str(),
-                    "exclusive.acquired": true,
-                    "exclusive.expiresAt": { "$gt": DateTime::from_system_time(now) },
-                },
-                doc! { "$set": { "exclusive": exclusive } },
-            )
-            .return_document(ReturnDocument::After)
-            .await?;
-        let Some(stored) = renewed else {
-            return Ok(None);
-        };
-        Ok(Some(LockGrant {
-            lock_id: lock_id.clone(),
-            resource_id: self.resource_of(&stored)?,
-            fence: read_fence(&stored)?,
-            granted_at: created_at,
-            expires_at,
-        }))
+                .return_document(ReturnDocument::After)
+                .await?;
+            let Some(stored) = renewed else {
+                return Ok(None);
+            };
+            Ok(Some(LockGrant {
+                lock_id: lock_id.clone(),
+                resource_id: self.resource_of(&stored)?,
+                fence: read_fence(&stored)?,
+                granted_at: created_at,
+                expires_at,
+            }))
+        })
+        .await
     }
 
     /// The hold on `resource`, if it is held (live or not yet purged).
@@ -283,31 +324,37 @@ impl MongoStore {
         resource: &ResourceId,
         now: SystemTime,
     ) -> Result<Option<HoldStatus>, LockError> {
-        let stored = self
-            .collection
-            .find_one(doc! { "resource": self.stored_name(resource) })
-            .await?;
-        match stored {
-            Some(stored) => self.hold_status(&stored, now),
-            None => Ok(None),
-        }
+        self.bounded("status", async {
+            let stored = self
+                .collection
+                .find_one(doc! { "resource": self.stored_name(resource) })
+                .await?;
+            match stored {
+                Some(stored) => self.hold_status(&stored, now),
+                None => Ok(None),
+            }
+        })
+        .await
     }
 
     /// Every hold in the collection, ordered by resource.
     pub async fn list_holds(&self, now: SystemTime) -> Result<Vec<HoldStatus>, LockError> {
-        use futures::TryStreamExt;
-        let stored: Vec<Document> = self
-            .collection
-            .find(doc! { "exclusive.acquired": true })
-            .sort(doc! { "resource": 1 })
-            .await?
-            .try_collect()
-            .await?;
-        let mut holds = Vec::with_capacity(stored.len());
-        for document in &stored {
-            holds.extend(self.hold_status(document, now)?);
-        }
-        Ok(holds)
+        self.bounded("list_holds", async {
+            use futures::TryStreamExt;
+            let stored: Vec<Document> = self
+                .collection
+                .find(doc! { "exclusive.acquired": true })
+                .sort(doc! { "resource": 1 })
+                .await?
+                .try_collect()
+                .await?;
+            let mut holds = Vec::with_capacity(stored.len());
+            for document in &stored {
+                holds.extend(self.hold_status(document, now)?);
+            }
+            Ok(holds)
+        })
+        .await
     }
 
     fn hold_status(
@@ -328,7 +375,9 @@ impl MongoStore {
             renewed_at: read_date(exclusive, "renewedAt")?,
             expires_at,
             fence: read_fence(stored).unwrap_or(0),
-            live: expires_at.is_some_and(|t| t > now),
+            // A hold without an expiry (square/mongo-lock's, taken with no TTL) lives until
+            // released.
+            live: expires_at.is_none_or(|t| t > now),
         }))
     }
 
@@ -338,9 +387,13 @@ impl MongoStore {
     /// updates. One round trip.
     pub(crate) async fn change_streams_supported(&self) -> Result<bool, LockError> {
         let reply = self
-            .client
-            .database("admin")
-            .run_command(doc! { "hello": 1 })
+            .bounded("hello", async {
+                Ok(self
+                    .client
+                    .database("admin")
+                    .run_command(doc! { "hello": 1 })
+                    .await?)
+            })
             .await?;
         let replica_set =
             matches!(reply.get("setName"), Some(Bson::String(name)) if !name.is_empty());
@@ -376,8 +429,9 @@ impl MongoStore {
             (Some(token), false) => watch.resume_after(token),
             (None, _) => watch,
         };
+        let stream = self.bounded("watch", async { Ok(watch.await?) }).await?;
         Ok(ReleaseStream {
-            stream: watch.await?,
+            stream,
             prefix: self.prefix.clone(),
         })
     }
@@ -389,9 +443,15 @@ impl MongoStore {
         resource: &ResourceId,
     ) -> Result<Option<SystemTime>, LockError> {
         let stored = self
-            .collection
-            .find_one(doc! { "resource": self.stored_name(resource), "exclusive.acquired": true })
-            .projection(doc! { "_id": 0, "exclusive.expiresAt": 1 })
+            .bounded("expiry", async {
+                Ok(self
+                    .collection
+                    .find_one(
+                        doc! { "resource": self.stored_name(resource), "exclusive.acquired": true },
+                    )
+                    .projection(doc! { "_id": 0, "exclusive.expiresAt": 1 })
+                    .await?)
+            })
             .await?;
         match stored {
             Some(stored) => read_date(
@@ -486,16 +546,13 @@ pub(crate) fn error_code(e: &mongodb::error::Error) -> Option<i32> {
     }
 }
 
-/// Whether retrying the same request may succeed: everything but errors in the request itself.
+/// Whether a request that failed with `e` may have been applied, and may succeed if sent
+/// again: the database was unreachable, did not answer in time, or failed transiently
+/// (everything but errors in the request itself).
 pub(crate) fn is_transient(e: &LockError) -> bool {
     match e {
-        LockError::Database(e) => !matches!(
-            e.kind.as_ref(),
-            ErrorKind::InvalidArgument { .. }
-                | ErrorKind::Authentication { .. }
-                | ErrorKind::BsonSerialization(_)
-                | ErrorKind::BsonDeserialization(_)
-        ),
+        LockError::Unavailable { .. } => true,
+        LockError::Database(e) => database_error_is_transient(e),
         _ => false,
     }
 }

@@ -84,7 +84,10 @@ async fn acquire_gives_up_after_the_retry_budget() {
         .await
         .unwrap();
     assert!(
-        matches!(fixed, Err(LockError::AcquireMaxRetries { retries: 4, .. })),
+        matches!(
+            fixed,
+            Err(LockError::AcquireMaxRetries { max_retries: 4, .. })
+        ),
         "fixed polling answered {fixed:?}"
     );
     assert!(started.elapsed() >= Duration::from_millis(120));

@@ -2,6 +2,9 @@
 //! and the hand-over to the caller (or a release when nobody is left to take it).
 
 use std::rc::Rc;
+use std::time::Duration;
+
+use crate::config::check_ttl;
 
 use crate::error::LockError;
 use crate::messages::{KeepAlive, Lock, LockGrant, LockId, ResourceId};
@@ -17,34 +20,56 @@ impl Core {
         caller: &Caller,
     ) -> Result<LockGrant, LockError> {
         let resource = ResourceId::new(msg.resource_id)?;
+        let ttl = self.lease(msg.ttl)?;
         let lock_id = LockId::generate();
         tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
-        match self.attempt(&resource, &lock_id).await {
+        match self.attempt(&resource, &lock_id, ttl).await {
             Ok(Some(grant)) => self.deliver(grant, caller, msg.keep_alive),
             Ok(None) => Err(LockError::AlreadyLocked {
                 resource_id: resource.to_string(),
             }),
             Err(e) => {
                 // A transient error may have lost the reply of a grant that was made.
-                self.release_if_uncertain(lock_id, is_transient(&e));
+                self.release_if_uncertain(lock_id, ttl, is_transient(&e));
                 Err(e)
             }
         }
     }
 
-    /// One grant attempt, recording the hold locally.
+    /// The lease of a grant: the request's (checked as the configuration's is), or the
+    /// configured one.
+    pub(super) fn lease(&self, requested: Option<Duration>) -> Result<Duration, LockError> {
+        match requested {
+            Some(ttl) => check_ttl(ttl).map(|()| ttl),
+            None => Ok(self.config.ttl),
+        }
+    }
+
+    /// One grant attempt with a lease of `ttl`, recording the hold locally.
     pub(super) async fn attempt(
         &self,
         resource: &ResourceId,
         lock_id: &LockId,
+        ttl: Duration,
     ) -> Result<Option<LockGrant>, LockError> {
+        let sent = std::time::Instant::now();
         let grant = self
             .store
-            .grant(resource, lock_id, self.clock.now(), self.config.ttl)
+            .grant(resource, lock_id, self.clock.now(), ttl)
             .await?;
+        if let Some(grant) = &grant {
+            if grant.expires_at <= self.clock.now() {
+                // The answer came after the lease it grants had ended (a stalled server): the
+                // resource may be someone else's already. Not a grant; the caller releases it.
+                return Err(LockError::Unavailable {
+                    waited: sent.elapsed(),
+                    last_error: "the grant arrived after its lease had ended".to_owned(),
+                });
+            }
+        }
         match &grant {
             Some(grant) => {
-                self.holds.insert(grant);
+                self.holds.insert(grant, ttl);
                 tracing::debug!(fence = grant.fence, "granted");
             }
             None => tracing::trace!("held by someone else"),
@@ -60,15 +85,20 @@ impl Core {
         caller: &Caller,
         keep_alive: Option<KeepAlive>,
     ) -> Result<LockGrant, LockError> {
-        if self.drain.is_closing() {
-            // Close releases what is held here; a grant made meanwhile must not look alive.
-            tracing::debug!("granted while closing; releasing it");
-            self.release_until_gone(grant.lock_id);
+        let ttl = grant
+            .expires_at
+            .duration_since(grant.granted_at)
+            .unwrap_or(self.config.ttl);
+        if !self.drain.is_granting() {
+            // Granting has ended (and Close releases what is held here): a grant made meanwhile
+            // must not look alive.
+            tracing::debug!("granted after granting ended; releasing it");
+            self.release_until_gone(grant.lock_id, ttl);
             return Err(LockError::Closing);
         }
         if caller.is_gone() {
             tracing::debug!("caller left before the grant; releasing it");
-            self.release_until_gone(grant.lock_id.clone());
+            self.release_until_gone(grant.lock_id.clone(), ttl);
         } else if let Some(keep_alive) = keep_alive {
             self.keep_alive(grant.clone(), keep_alive);
         }

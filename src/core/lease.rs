@@ -19,14 +19,23 @@ use crate::messages::{KeepAlive, LeaseLost, LockGrant, LockId, LostReason};
 use super::Core;
 
 impl Core {
-    /// Extends a live hold's lease by the TTL; `LockLost` if it is not live.
+    /// Extends a live hold's lease by its TTL (the one it was granted with here, else the
+    /// configured one); `LockLost` if it is not live.
     pub(crate) async fn renew(&self, lock_id: &LockId) -> Result<LockGrant, LockError> {
-        let created_at = self.holds.get(lock_id).map(|hold| hold.granted_at);
+        let hold = self.holds.get(lock_id);
+        let created_at = hold.as_ref().map(|hold| hold.granted_at);
+        let ttl = hold.map_or(self.config.ttl, |hold| hold.ttl);
         let renewed = self
             .store
-            .renew(lock_id, created_at, self.clock.now(), self.config.ttl)
+            .renew(lock_id, created_at, self.clock.now(), ttl)
             .await?;
         match renewed {
+            // Answered after the renewed lease had ended (a stalled server): not live.
+            Some(grant) if grant.expires_at <= self.clock.now() => {
+                self.forget_hold(lock_id);
+                tracing::debug!("renewal answered after its lease had ended");
+                Err(LockError::LockLost)
+            }
             Some(grant) => {
                 self.holds.extend(lock_id, grant.expires_at);
                 tracing::debug!("renewed");
@@ -48,7 +57,10 @@ impl Core {
 }
 
 async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAlive) {
-    let interval = core.config.ttl / 3;
+    let Some(ttl) = core.holds.get(&grant.lock_id).map(|hold| hold.ttl) else {
+        return; // unlocked already
+    };
+    let interval = ttl / 3;
     let mut expires_at = grant.expires_at;
     let mut pause = interval;
     loop {
@@ -61,12 +73,8 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
         };
         let renewal = tokio::time::timeout(
             interval,
-            core.store.renew(
-                &grant.lock_id,
-                Some(hold.granted_at),
-                core.clock.now(),
-                core.config.ttl,
-            ),
+            core.store
+                .renew(&grant.lock_id, Some(hold.granted_at), core.clock.now(), ttl),
         )
         .await;
         match renewal {

@@ -21,6 +21,7 @@ mod release;
 mod wait;
 mod watch;
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::SystemTime;
 
@@ -32,7 +33,7 @@ use crate::config::LockConfig;
 use crate::drain::{Drain, InFlight};
 use crate::error::LockError;
 use crate::local::{LocalHolds, LocalWaiters};
-use crate::messages::{HoldStatus, ResourceId};
+use crate::messages::{CloseReport, HoldStatus, ResourceId};
 use crate::purger::{Purged, Purger, StopPurger};
 use crate::store::MongoStore;
 
@@ -47,6 +48,8 @@ pub(crate) struct Core {
     holds: LocalHolds,
     waiters: Rc<LocalWaiters>,
     release_watch: Rc<ReleaseWatch>,
+    /// What the drain did, for every `Close`'s answer.
+    close_report: Cell<CloseReport>,
 }
 
 impl Core {
@@ -72,6 +75,7 @@ impl Core {
             holds: LocalHolds::default(),
             waiters,
             release_watch,
+            close_report: Cell::default(),
         }))
     }
 
@@ -79,6 +83,19 @@ impl Core {
     /// answers `Closing`.
     pub(crate) fn enter(&self) -> Result<InFlight, LockError> {
         self.drain.enter()
+    }
+
+    /// Accepts one message that asks for a grant, or answers `Closing` once granting ended.
+    pub(crate) fn enter_to_grant(&self) -> Result<InFlight, LockError> {
+        self.drain.enter_to_grant()
+    }
+
+    /// Phase 1 of a shutdown: no more grants; waiting Acquires end with `Closing`.
+    pub(crate) fn stop_granting(&self) {
+        if self.drain.is_granting() {
+            tracing::info!("lock manager stops granting");
+        }
+        self.drain.stop_granting();
     }
 
     /// This manager's purger, which reports each purge to `parent`.
@@ -100,20 +117,51 @@ impl Core {
         }
     }
 
-    /// The drain. The first caller (holding the purger) releases what is still held here and
-    /// stops the purger once every accepted message is answered; any other caller waits for it.
-    pub(crate) async fn close(&self, purger: Option<Addr<Purger>>) {
+    /// The drain. The first caller (holding the purger) stops the purger (abandoning a purge in
+    /// progress), waits until every accepted message is answered and releases what is still
+    /// held here, all within `close_timeout`; any other caller waits for it. Every request a
+    /// message makes is bounded by `request_timeout`, so the messages still in flight when the
+    /// deadline passes answer soon after, on their own.
+    pub(crate) async fn close(&self, purger: Option<Addr<Purger>>) -> CloseReport {
         self.drain.begin_close();
-        self.drain.idle().await;
         if let Some(purger) = purger {
-            self.release_all_local().await;
             if purger.send(StopPurger).await.is_err() {
                 tracing::debug!("purger had already stopped");
             }
+            let drained = async {
+                self.drain.idle().await;
+                self.release_all_local().await;
+            };
+            if tokio::time::timeout(self.config.close_timeout, drained)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    close_timeout = ?self.config.close_timeout,
+                    "close timed out (the database is slow or gone)"
+                );
+            }
+            let mut report = self.close_report.get();
+            report.unreleased = self.holds.lock_ids().len();
+            self.close_report.set(report);
+            if report.unreleased > 0 {
+                tracing::warn!(
+                    unreleased = report.unreleased,
+                    "holds not released at close; their leases will end them"
+                );
+            }
             self.drain.finish_close();
-            tracing::info!("lock manager closed");
+            tracing::info!(released = report.released, "lock manager closed");
         }
         self.drain.closed().await;
+        self.close_report.get()
+    }
+
+    /// Counts one hold released at close.
+    fn count_released_at_close(&self) {
+        let mut report = self.close_report.get();
+        report.released += 1;
+        self.close_report.set(report);
     }
 
     pub(crate) async fn status(

@@ -1,6 +1,7 @@
 //! Every end of a hold granted here: `Unlock`, the one bookkeeping step each end goes through
 //! ([`Core::forget_hold`]), releasing grants nobody was given, and releasing all at `Close`.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -14,13 +15,51 @@ use crate::store::is_transient;
 use super::Core;
 
 impl Core {
-    pub(crate) async fn unlock(&self, lock_id: &LockId) -> Result<UnlockOutcome, LockError> {
-        let mut retries = 0;
+    /// Releases `lock_id`, retrying transient failures every `unlock_period` up to
+    /// `unlock_max_retries` times, all within one `request_timeout`: the answer never waits
+    /// longer. When no try was confirmed by then, the answer is `UnlockMaxRetries` and the release
+    /// goes on in the background until the lease would have ended anyway.
+    pub(crate) async fn unlock(
+        self: &Rc<Self>,
+        lock_id: &LockId,
+    ) -> Result<UnlockOutcome, LockError> {
+        let retries = Cell::new(0);
+        let last_error = RefCell::new(String::new());
+        let tries = self.unlock_tries(lock_id, &retries, &last_error);
+        match tokio::time::timeout(self.config.request_timeout, tries).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let last_error = match last_error.take() {
+                    e if e.is_empty() => format!(
+                        "no answer from the database within {:?}",
+                        self.config.request_timeout
+                    ),
+                    e => e,
+                };
+                let error = LockError::UnlockMaxRetries {
+                    retries: retries.get(),
+                    last_error,
+                };
+                tracing::warn!(%error, "unlock unconfirmed; releasing in the background");
+                let ttl = self.holds.get(lock_id).map_or(self.config.ttl, |h| h.ttl);
+                self.release_until_gone(lock_id.clone(), ttl);
+                Err(error)
+            }
+        }
+    }
+
+    async fn unlock_tries(
+        self: &Rc<Self>,
+        lock_id: &LockId,
+        retries: &Cell<u32>,
+        last_error: &RefCell<String>,
+    ) -> Result<UnlockOutcome, LockError> {
         loop {
+            let retried = retries.get();
             match self.store.release(lock_id).await {
                 Ok(released) => {
                     self.forget_hold(lock_id);
-                    let outcome = match (released, retries) {
+                    let outcome = match (released, retried) {
                         (true, _) => UnlockOutcome::Released,
                         (false, 0) => UnlockOutcome::NotHeld,
                         // A retry that finds nothing after a try whose reply was lost: that try
@@ -30,9 +69,10 @@ impl Core {
                     tracing::debug!(?outcome, "unlocked");
                     return Ok(outcome);
                 }
-                Err(e) if is_transient(&e) && retries < self.config.unlock_max_retries => {
-                    tracing::debug!(error = %e, retries, "unlock failed; retrying");
-                    retries += 1;
+                Err(e) if is_transient(&e) && retried < self.config.unlock_max_retries => {
+                    tracing::debug!(error = %e, retries = retried, "unlock failed; retrying");
+                    *last_error.borrow_mut() = e.to_string();
+                    retries.set(retried + 1);
                     tokio::select! {
                         () = tokio::time::sleep(self.config.unlock_period) => {}
                         () = self.drain.closing() => return Err(LockError::Closing),
@@ -40,7 +80,7 @@ impl Core {
                 }
                 Err(e) if is_transient(&e) => {
                     let error = LockError::UnlockMaxRetries {
-                        retries,
+                        retries: retried,
                         last_error: e.to_string(),
                     };
                     tracing::error!(%error, "giving up on unlock; the lease will end the hold");
@@ -65,19 +105,24 @@ impl Core {
     /// After a `Lock` or an `Acquire` that ended without a grant: if an attempt's outcome is
     /// unknown (`uncertain`: its reply was lost, or it was cut off and may still land),
     /// releases `lock_id` in case the grant was made.
-    pub(super) fn release_if_uncertain(self: &Rc<Self>, lock_id: LockId, uncertain: bool) {
+    pub(super) fn release_if_uncertain(
+        self: &Rc<Self>,
+        lock_id: LockId,
+        ttl: Duration,
+        uncertain: bool,
+    ) {
         if uncertain {
-            self.release_until_gone(lock_id);
+            self.release_until_gone(lock_id, ttl);
         }
     }
 
     /// Releases `lock_id` in the background, trying again with growing pauses until a release
-    /// succeeds or a lease granted now would have ended anyway: a grant whose request is still
-    /// on its way can land after the first try. While closing, one more try and done.
-    pub(super) fn release_until_gone(self: &Rc<Self>, lock_id: LockId) {
+    /// succeeds or a lease of `ttl` granted now would have ended anyway: a grant whose request
+    /// is still on its way can land after the first try. While closing, one more try and done.
+    pub(super) fn release_until_gone(self: &Rc<Self>, lock_id: LockId, ttl: Duration) {
         let core = Rc::clone(self);
         let token: InFlight = self.drain.extend();
-        let until = Instant::now() + self.config.ttl;
+        let until = Instant::now() + ttl;
         actix_rt::spawn(
             async move {
                 let mut pause = Duration::from_millis(50);
@@ -107,24 +152,24 @@ impl Core {
     }
 
     /// At Close: releases every hold granted here and not yet unlocked, so a process that shuts
-    /// down frees its resources now instead of when their leases end. One attempt each.
+    /// down frees its resources now instead of when their leases end. One attempt each, all at
+    /// once; a hold counts as released only when the server confirmed it, and is forgotten
+    /// either way (an unconfirmed one ends with its lease). The caller bounds the time: holds
+    /// whose release is cut off stay in the local record, so they count as unreleased.
     pub(super) async fn release_all_local(&self) {
         let lock_ids = self.holds.lock_ids();
-        let releases = lock_ids.iter().map(|lock_id| self.store.release(lock_id));
-        for (lock_id, result) in lock_ids
-            .iter()
-            .zip(futures::future::join_all(releases).await)
-        {
-            self.forget_hold(lock_id);
-            if let Err(e) = result {
-                tracing::warn!(error = %e, ?lock_id, "could not release a hold at close; its lease will end it");
+        let releases = lock_ids.iter().map(|lock_id| async move {
+            match self.store.release(lock_id).await {
+                Ok(_) => {
+                    // Released now, or already gone: either way nothing is held any more.
+                    self.forget_hold(lock_id);
+                    self.count_released_at_close();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?lock_id, "could not release a hold at close; its lease will end it");
+                }
             }
-        }
-        if !lock_ids.is_empty() {
-            tracing::info!(
-                released = lock_ids.len(),
-                "released the holds still held at close"
-            );
-        }
+        });
+        futures::future::join_all(releases).await;
     }
 }

@@ -5,7 +5,7 @@
 //! which only the head of this manager's local queue probes: woken by a release here, or, for a
 //! resource held elsewhere, as `watch.rs` decides (a release stream, else growing pauses).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,19 +25,28 @@ impl Core {
         caller: &Caller,
     ) -> Result<LockGrant, LockError> {
         let resource = ResourceId::new(msg.resource_id)?;
+        let ttl = self.lease(msg.ttl)?;
         let lock_id = LockId::generate();
         tracing::Span::current().record("lock_id", tracing::field::debug(&lock_id));
         // dplock's fixed polling counts tries; its deadline only leaves room for the last one.
         let budget = match (msg.timeout, msg.polling) {
             (Some(timeout), _) => timeout,
             (None, Polling::Adaptive) => self.config.acquire_budget(),
-            (None, Polling::Fixed) => self.config.acquire_budget() + self.config.acquire_period,
+            (None, Polling::Fixed) => self
+                .config
+                .acquire_budget()
+                .saturating_add(self.config.acquire_period),
         };
+        let started = Instant::now();
         let wait = Wait {
-            deadline: Instant::now() + budget,
+            deadline: deadline_after(started, budget),
             caller,
+            ttl,
             retries: Cell::new(0),
             uncertain: Cell::new(false),
+            attempts: Cell::new(0),
+            answered: Cell::new(false),
+            last_error: RefCell::new(None),
         };
         let result = match msg.polling {
             Polling::Fixed => self.acquire_fixed(&resource, &lock_id, &wait).await,
@@ -46,10 +55,18 @@ impl Core {
         let result = match result {
             Ok(grant) => return self.deliver(grant, caller, msg.keep_alive),
             Err(WaitEnd::Error(e)) => e,
+            // Attempts were made and none reached the server: down, not busy.
+            Err(WaitEnd::OutOfTime) if wait.attempts.get() > 0 && !wait.answered.get() => {
+                LockError::Unavailable {
+                    waited: started.elapsed(),
+                    last_error: wait.last_error.take().unwrap_or_default(),
+                }
+            }
             Err(WaitEnd::OutOfTime) => match msg.timeout {
                 None => LockError::AcquireMaxRetries {
                     resource_id: resource.to_string(),
-                    retries: wait.retries.get(),
+                    max_retries: self.config.acquire_max_retries,
+                    waited: started.elapsed(),
                 },
                 Some(waited) => LockError::AcquireTimeout {
                     resource_id: resource.to_string(),
@@ -57,7 +74,7 @@ impl Core {
                 },
             },
         };
-        self.release_if_uncertain(lock_id, wait.uncertain.get());
+        self.release_if_uncertain(lock_id, ttl, wait.uncertain.get());
         Err(result)
     }
 
@@ -81,9 +98,10 @@ impl Core {
         }
     }
 
-    /// Waits in this manager's queue for `resource`: only the head probes the database, and not
-    /// while this manager itself holds the resource; a release here wakes the head at once.
-    /// Every probe after the first counts as a retry.
+    /// Waits in this manager's queue for `resource`: only the head probes the database; while
+    /// this manager itself holds the resource, only every [`SAFETY_PROBE`] (a release here wakes
+    /// the head at once, but a release through another manager, by a lock id handed there, is
+    /// seen only by asking). Every probe after the first counts as a retry.
     async fn acquire_adaptive(
         &self,
         resource: &ResourceId,
@@ -94,13 +112,16 @@ impl Core {
         let place = self.waiters.join(resource);
         let mut remote = RemoteWait::new(self.config.acquire_period);
         let mut probed = false;
+        let mut safety_probe_at = Instant::now() + SAFETY_PROBE;
         loop {
             let held_here = self.holds.live_lease(resource, self.clock.now());
-            if place.is_head() && held_here.is_none() {
+            let due = held_here.is_none() || Instant::now() >= safety_probe_at;
+            if place.is_head() && due {
                 if probed {
                     wait.count_retry();
                 }
                 probed = true;
+                safety_probe_at = Instant::now() + SAFETY_PROBE;
                 if let Some(grant) = self.attempt_tolerant(resource, lock_id, wait).await? {
                     // Leaving the line wakes the next waiter, which sees the hold and waits.
                     drop(place);
@@ -108,8 +129,12 @@ impl Core {
                 }
             }
             let pause = match held_here {
-                // Held through this manager: its Unlock wakes us; otherwise its lease ends.
-                Some(expires_at) => self.clock.until(expires_at),
+                // Held through this manager: its Unlock wakes us; otherwise its lease ends, or
+                // the safety probe finds it released elsewhere.
+                Some(expires_at) => self
+                    .clock
+                    .until(expires_at)
+                    .min(safety_probe_at.saturating_duration_since(Instant::now())),
                 None if place.is_head() => self.remote_pause(resource, &mut remote).await,
                 None => wait.remaining(),
             };
@@ -117,21 +142,35 @@ impl Core {
         }
     }
 
-    /// An attempt inside a wait, cut off at the wait's deadline. A transient database error
-    /// counts as "not yet"; it, or a cut-off, leaves the attempt's outcome unknown, which the
-    /// wait remembers so that a wait ending without a grant releases the lock id after all.
+    /// An attempt inside a wait. The first one always runs to its answer (bounded by
+    /// `request_timeout`), whatever the budget: the budget bounds the waiting, not the first
+    /// try, so even a zero timeout is granted a free resource. Later ones are cut off at the
+    /// wait's deadline. A transient database error counts as "not yet"; it, or a cut-off, leaves
+    /// the attempt's outcome unknown, which the wait remembers so that a wait ending without a
+    /// grant releases the lock id after all.
     async fn attempt_tolerant(
         &self,
         resource: &ResourceId,
         lock_id: &LockId,
         wait: &Wait<'_>,
     ) -> Result<Option<LockGrant>, WaitEnd> {
-        let attempt = self.attempt(resource, lock_id);
-        match tokio::time::timeout_at(wait.deadline.into(), attempt).await {
-            Ok(Ok(grant)) => Ok(grant),
+        let first = wait.attempts.get() == 0;
+        wait.attempts.set(wait.attempts.get() + 1);
+        let attempt = self.attempt(resource, lock_id, wait.ttl);
+        let answer = if first {
+            Ok(attempt.await)
+        } else {
+            tokio::time::timeout_at(wait.deadline.into(), attempt).await
+        };
+        match answer {
+            Ok(Ok(grant)) => {
+                wait.answered.set(true);
+                Ok(grant)
+            }
             Ok(Err(e)) if is_transient(&e) => {
                 wait.uncertain.set(true);
                 tracing::warn!(error = %e, "grant attempt failed; retrying within the wait budget");
+                *wait.last_error.borrow_mut() = Some(e.to_string());
                 Ok(None)
             }
             Ok(Err(e)) => Err(WaitEnd::Error(e)),
@@ -163,20 +202,42 @@ impl Core {
         tokio::select! {
             () = tokio::time::sleep(pause.min(remaining)) => Ok(()),
             () = woken => Ok(()),
-            () = self.drain.closing() => Err(WaitEnd::Error(LockError::Closing)),
+            () = self.drain.granting_ended() => Err(WaitEnd::Error(LockError::Closing)),
             () = wait.caller.gone() => Err(WaitEnd::Error(LockError::Closing)),
         }
     }
+}
+
+/// How often a waiter whose resource is held by its own manager asks the database anyway: a
+/// release made through another manager (anyone with the lock id may unlock) is not seen here.
+const SAFETY_PROBE: Duration = Duration::from_secs(1);
+
+/// "Forever", for a deadline that would not fit in an `Instant` (`Duration::MAX`).
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// `budget` after `start`, saturating at [`FOREVER`].
+fn deadline_after(start: Instant, budget: Duration) -> Instant {
+    start
+        .checked_add(budget.min(FOREVER))
+        .unwrap_or(start + FOREVER)
 }
 
 /// One Acquire's wait: its limits and what it has seen so far.
 struct Wait<'a> {
     deadline: Instant,
     caller: &'a Caller,
-    /// Retries made after the first attempt, for `AcquireMaxRetries`.
+    /// The lease of the grant the wait asks for.
+    ttl: Duration,
+    /// Retries made after the first attempt.
     retries: Cell<u32>,
     /// Whether an attempt's outcome is unknown (its reply was lost or cut off).
     uncertain: Cell<bool>,
+    /// Attempts sent to the database.
+    attempts: Cell<u32>,
+    /// Whether any attempt was answered by the server (granted or refused).
+    answered: Cell<bool>,
+    /// The last database error an attempt met.
+    last_error: RefCell<Option<String>>,
 }
 
 impl Wait<'_> {

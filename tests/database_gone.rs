@@ -1,0 +1,224 @@
+//! Every message answers within a bound derived from the configuration when the database is
+//! gone: the server stops answering (a black hole: connections stay open, nothing comes back)
+//! or refuses connections, behind a client that keeps the driver's 30 s server selection timeout,
+//! so the bounds shown are the library's, not the driver's. Each test states its bound, allows a
+//! generous margin over it, and shows that "down" reads differently from "busy".
+//!
+//! ```sh
+//! scripts/with-mongo cargo test --test database_gone
+//! ```
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_mongo_lock::{
+    Acquire, Close, ListHolds, Lock, LockConfig, LockError, LockManager, Renew, Status, Unlock,
+};
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+use support::poll::eventually;
+use support::proxy::{upstream_from_env, FaultProxy};
+use support::server::{fast_config, stored_hold};
+
+/// Slack over a stated bound, for a shared, noisy machine.
+const MARGIN: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn proxy() -> FaultProxy {
+    FaultProxy::start(upstream_from_env())
+        .await
+        .expect("start the fault proxy")
+}
+
+/// A manager whose client goes through `proxy`, with the driver's default 30 s server selection.
+async fn manager_through(proxy: &FaultProxy, config: &LockConfig) -> Addr<LockManager> {
+    let options = ClientOptions::parse(proxy.uri())
+        .await
+        .expect("the proxy's URI parses");
+    let client = Client::with_options(options).expect("client options are valid");
+    LockManager::with_client(client, config.clone())
+        .await
+        .expect("start a manager through the proxy")
+}
+
+fn config(prefix: &str) -> LockConfig {
+    fast_config(prefix)
+        .request_timeout(REQUEST_TIMEOUT)
+        .close_timeout(Duration::from_secs(2))
+}
+
+/// Times `f`, asserting it answers within `bound` plus the margin.
+async fn within<T>(what: &str, bound: Duration, f: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let answer = f.await;
+    let took = started.elapsed();
+    assert!(
+        took <= bound + MARGIN,
+        "{what} answered after {took:?}; its bound is {bound:?}"
+    );
+    answer
+}
+
+#[actix_rt::test]
+async fn an_unlock_answers_within_the_request_timeout_and_the_hold_is_released_once_the_server_is_back(
+) {
+    let proxy = proxy().await;
+    // A lease long enough for the driver to find the server again after the black hole (it
+    // notices at its next heartbeat) while the background release is still trying.
+    let config = config("gone_unlock").ttl(Duration::from_secs(60));
+    let locks = manager_through(&proxy, &config).await;
+    let grant = locks.send(Lock::new("r")).await.unwrap().unwrap();
+
+    proxy.black_hole();
+    let answer = within(
+        "Unlock with the server gone",
+        REQUEST_TIMEOUT,
+        locks.send(Unlock::new(grant.lock_id.clone())),
+    )
+    .await
+    .unwrap();
+    let error = answer.expect_err("an Unlock nobody could confirm is not a success");
+    assert!(
+        matches!(error, LockError::UnlockMaxRetries { .. }),
+        "{error:?}"
+    );
+    assert!(error.is_unavailable() && !error.is_busy(), "{error:?}");
+
+    // The manager keeps releasing in the background; the server gets the release when it is back.
+    proxy.restore();
+    eventually(
+        "the background release once the server is back",
+        Duration::from_secs(40),
+        || async { stored_hold(&config, "r").await.is_none().then_some(()) },
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn status_list_holds_renew_and_lock_answer_unavailable_within_the_request_timeout() {
+    let proxy = proxy().await;
+    let config = config("gone_reads");
+    let locks = manager_through(&proxy, &config).await;
+    let grant = locks.send(Lock::new("held")).await.unwrap().unwrap();
+
+    proxy.black_hole();
+    let status = within("Status", REQUEST_TIMEOUT, locks.send(Status::new("held")))
+        .await
+        .unwrap();
+    let list = within("ListHolds", REQUEST_TIMEOUT, locks.send(ListHolds))
+        .await
+        .unwrap();
+    let renew = within(
+        "Renew",
+        REQUEST_TIMEOUT,
+        locks.send(Renew::new(grant.lock_id.clone())),
+    )
+    .await
+    .unwrap();
+    let lock = within("Lock", REQUEST_TIMEOUT, locks.send(Lock::new("other")))
+        .await
+        .unwrap();
+    proxy.restore();
+    for (what, error) in [
+        ("Status", status.map(|_| ()).unwrap_err()),
+        ("ListHolds", list.map(|_| ()).unwrap_err()),
+        ("Renew", renew.map(|_| ()).unwrap_err()),
+        ("Lock", lock.map(|_| ()).unwrap_err()),
+    ] {
+        assert!(
+            matches!(error, LockError::Unavailable { .. }),
+            "{what} with the server gone answered {error:?}"
+        );
+        assert!(error.is_unavailable() && error.is_transient() && !error.is_busy());
+    }
+}
+
+#[actix_rt::test]
+async fn an_acquire_tells_a_database_that_is_down_from_a_resource_that_is_busy() {
+    let proxy = proxy().await;
+    let config = config("gone_acquire");
+    let locks = manager_through(&proxy, &config).await;
+    let held = locks.send(Lock::new("busy")).await.unwrap().unwrap();
+    let budget = Duration::from_secs(1);
+
+    let busy = within(
+        "Acquire of a held resource",
+        budget,
+        locks.send(Acquire::new("busy").timeout(budget)),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(matches!(busy, LockError::AcquireTimeout { .. }), "{busy:?}");
+    assert!(busy.is_busy() && !busy.is_unavailable(), "{busy:?}");
+
+    proxy.black_hole();
+    // One attempt may take the whole request timeout before the budget is looked at again.
+    let down = within(
+        "Acquire with the server gone",
+        budget + REQUEST_TIMEOUT,
+        locks.send(Acquire::new("free").timeout(budget)),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    proxy.restore();
+    assert!(
+        matches!(down, LockError::Unavailable { .. }),
+        "an Acquire that never reached the server answered {down:?}"
+    );
+    assert!(down.is_unavailable() && !down.is_busy(), "{down:?}");
+    locks
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn close_answers_within_its_timeout_with_holds_and_a_purge_in_progress_and_counts_only_real_releases(
+) {
+    let proxy = proxy().await;
+    let config = config("gone_close").purger_period(Duration::from_millis(300));
+    let close_timeout = config.close_timeout;
+    let locks = manager_through(&proxy, &config).await;
+    for r in ["a", "b", "c"] {
+        locks.send(Lock::new(r)).await.unwrap().unwrap();
+    }
+    proxy.black_hole();
+    // Let a purge start and hang in the black hole.
+    actix_rt::time::sleep(Duration::from_millis(600)).await;
+
+    let report = within("Close", close_timeout, locks.send(Close))
+        .await
+        .expect("Close is answered");
+    proxy.restore();
+    assert_eq!(
+        (report.released, report.unreleased),
+        (0, 3),
+        "nothing could be released with the server gone: {report:?}"
+    );
+    for r in ["a", "b", "c"] {
+        assert!(
+            stored_hold(&config, r).await.is_some(),
+            "{r}: the report said unreleased; the hold ends with its lease"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn close_releases_what_it_can_and_reports_it_when_the_server_answers() {
+    let proxy = proxy().await;
+    let config = config("close_report");
+    let locks = manager_through(&proxy, &config).await;
+    for r in ["a", "b"] {
+        locks.send(Lock::new(r)).await.unwrap().unwrap();
+    }
+    let report = locks.send(Close).await.expect("Close is answered");
+    assert_eq!((report.released, report.unreleased), (2, 0), "{report:?}");
+    for r in ["a", "b"] {
+        assert!(stored_hold(&config, r).await.is_none(), "{r} still held");
+    }
+}
