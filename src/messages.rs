@@ -199,8 +199,11 @@ impl Lock {
 /// How an [`Acquire`] waits for a resource held by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Polling {
-    /// Short first retries growing to `acquire_period`, with jitter; a release through this
-    /// manager wakes the oldest local waiter at once. The default.
+    /// Only the oldest waiter of a resource in this manager asks the database. A release through
+    /// this manager wakes it at once; a release elsewhere wakes it through the manager's change
+    /// stream of releases where the server has change streams, and a lease that ends wakes it
+    /// at its stored end. Without a stream it retries after pauses growing from a tenth of
+    /// `acquire_period` to `acquire_period`, with up to 40 % jitter. The default.
     #[default]
     Adaptive,
     /// The seed's behaviour: a retry every `acquire_period`, `acquire_max_retries` times.
