@@ -12,7 +12,8 @@
 //! `acquire_period` ([`Backoff`]).
 //!
 //! The stream lives in a task of its own, so no waiter owns it: the first waiter that needs it
-//! starts it, and it closes itself when the last one leaves (or the manager closes). A failed
+//! starts it, and it closes itself 3 s after the last one left if no other came (at once when
+//! the manager closes). A failed
 //! stream is opened again after its last event (its resume token), so nothing in between is
 //! lost; on each opening every watched head is woken once, to cover a release that happened
 //! before the stream saw it.
@@ -41,6 +42,10 @@ const SAFETY_PROBE: Duration = Duration::from_secs(1);
 const AFTER_EXPIRY: Duration = Duration::from_millis(5);
 /// Consecutive failures to open or keep a stream before waiters fall back to probing.
 const FAILURES_BEFORE_FALLBACK: u32 = 3;
+/// How long the stream stays open after its last waiter left: under continuing contention the
+/// next wait finds it open instead of paying for a new one (and the probe that covers the
+/// opening).
+const LINGER: Duration = Duration::from_secs(3);
 /// How long a manager whose stream kept failing probes before it tries a stream again.
 const FALLBACK_COOLDOWN: Duration = Duration::from_secs(60);
 
@@ -177,10 +182,23 @@ impl ReleaseWatch {
             // A release between a waiter's refused probe and this moment was not streamed.
             self.wake_watched();
             after_invalidation = false;
+            let mut unwatched_since: Option<Instant> = None;
             loop {
+                unwatched_since = match unwatched_since {
+                    _ if !self.is_unwatched() => None,
+                    Some(since) => Some(since),
+                    None => Some(Instant::now()),
+                };
+                let linger_ends = async {
+                    match unwatched_since {
+                        Some(since) => tokio::time::sleep_until((since + LINGER).into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let event = tokio::select! {
                     event = stream.next() => event,
-                    () = self.emptied.notified() => {
+                    () = self.emptied.notified() => continue,
+                    () = linger_ends => {
                         if self.is_unwatched() { return Ok(()); }
                         continue;
                     }
