@@ -182,7 +182,9 @@ impl Core {
     }
 
     /// Sleeps up to `pause`, waking early when this waiter is told to try, and ending the wait
-    /// when the deadline passes, the manager closes or the caller leaves.
+    /// when the deadline passes, the manager closes or the caller leaves. A pause that reaches
+    /// the deadline ends the wait there: a try sent at the deadline would be cut off at once,
+    /// leaving a grant whose outcome nobody learns.
     async fn pause(
         &self,
         pause: Duration,
@@ -200,7 +202,9 @@ impl Core {
             }
         };
         tokio::select! {
-            () = tokio::time::sleep(pause.min(remaining)) => Ok(()),
+            () = tokio::time::sleep(pause.min(remaining)) => {
+                if pause >= remaining { Err(WaitEnd::OutOfTime) } else { Ok(()) }
+            }
             () = woken => Ok(()),
             () = self.drain.granting_ended() => Err(WaitEnd::Error(LockError::Closing)),
             () = wait.caller.gone() => Err(WaitEnd::Error(LockError::Closing)),

@@ -42,6 +42,8 @@ const SAFETY_PROBE: Duration = Duration::from_secs(1);
 const AFTER_EXPIRY: Duration = Duration::from_millis(5);
 /// Consecutive failures to open or keep a stream before waiters fall back to probing.
 const FAILURES_BEFORE_FALLBACK: u32 = 3;
+/// A stream that ran this long before failing counts as having worked.
+const STREAM_SERVED: Duration = Duration::from_secs(10);
 /// How long the stream stays open after its last waiter left: under continuing contention the
 /// next wait finds it open instead of paying for a new one (and the probe that covers the
 /// opening).
@@ -182,6 +184,7 @@ impl ReleaseWatch {
             // A release between a waiter's refused probe and this moment was not streamed.
             self.wake_watched();
             after_invalidation = false;
+            let opened_at = Instant::now();
             let mut unwatched_since: Option<Instant> = None;
             loop {
                 unwatched_since = match unwatched_since {
@@ -221,6 +224,10 @@ impl ReleaseWatch {
                         break;
                     }
                     Err(e) => {
+                        // Failures count "in a row": a stream that served a while starts afresh.
+                        if opened_at.elapsed() >= STREAM_SERVED {
+                            failures = 0;
+                        }
                         failures += 1;
                         tracing::debug!(error = %e, failures, "release stream failed; resuming");
                         break;
