@@ -146,7 +146,11 @@ async fn server_has_streams() -> bool {
     }
 }
 
-/// Sets the `failCommand` failpoint for the client named `app_name` only.
+/// The server has one `failCommand` failpoint, and setting it replaces what another test set:
+/// the tests that use it take turns.
+static FAILPOINT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Sets the `failCommand` failpoint (each test aims it at its own client with `appName`).
 async fn fail_command(mode: mongodb::bson::Bson, data: Document) {
     client()
         .await
@@ -309,6 +313,7 @@ async fn a_stream_whose_connection_closes_resumes_after_its_last_event_on_secant
         // above show it), and no stream is ever opened to be resumed.
         return assert_no_stream_is_tried().await;
     }
+    let _failpoint = FAILPOINT.lock().await;
     let app = unique_name("resume");
     let config = slow_probing("stream_resume");
     let holder = manager(&config).await;
@@ -359,6 +364,7 @@ async fn a_stream_that_keeps_failing_gives_way_to_probing_on_secantus() {
     if !server_has_streams().await {
         return assert_no_stream_is_tried().await;
     }
+    let _failpoint = FAILPOINT.lock().await;
     let app = unique_name("fallback");
     let config = fast_config("stream_fallback")
         .ttl(Duration::from_secs(60))
