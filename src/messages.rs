@@ -211,19 +211,11 @@ grant_options!(Acquire);
 /// How an [`Acquire`] waits for a resource held by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Polling {
-    /// The default. The Acquires of one manager wait in line per resource, in arrival order,
-    /// and only the oldest probes the database. While this manager itself holds the resource,
-    /// nobody probes: its Unlock wakes the oldest waiter at once (or the lease's end does).
-    ///
-    /// While another manager holds it, the oldest waiter probes after a pause of
-    /// `acquire_period / 20` first (a release often comes soon), then every `acquire_period /
-    /// 10`: 12.5 ms, then 25 ms with the default `acquire_period` of 250 ms. Each pause is
-    /// stretched by a random factor from 0.9 to 1.3, so waiters in different processes do not
-    /// probe in step. A waiting manager so probes a resource about 36 times a second on average
-    /// (fixed polling: 4), and notices a release by another manager at most one pause later
-    /// (32.5 ms with the defaults), plus the probe's round trip.
-    ///
-    /// The wait's budget is the same as with fixed polling: see [`Acquire`].
+    /// Only the oldest waiter of a resource in this manager asks the database. A release through
+    /// this manager wakes it at once; a release elsewhere wakes it through the manager's change
+    /// stream of releases where the server has change streams, and a lease that ends wakes it
+    /// at its stored end. Without a stream it retries after pauses growing from a tenth of
+    /// `acquire_period` to `acquire_period`, with up to 40 % jitter. The default.
     #[default]
     Adaptive,
     /// dplock's behaviour: a retry every `acquire_period`, `acquire_max_retries` times.

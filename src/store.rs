@@ -18,8 +18,10 @@
 use std::time::{Duration, SystemTime};
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::ChangeStream;
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::options::{FullDocumentType, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 
 use crate::config::LockConfig;
@@ -28,6 +30,11 @@ use crate::messages::{HoldStatus, LockGrant, LockId, ResourceId};
 
 /// MongoDB's duplicate-key error code. Recognised by code, never by message.
 const DUPLICATE_KEY: i32 = 11000;
+
+/// The codes of a server that cannot open a change stream at all: 40573 ("only supported on
+/// replica sets"), 40324 (unknown `$changeStream` stage), 115 (command not supported), 59
+/// (command not found). Recognised by code, never by message.
+const NO_CHANGE_STREAMS: [i32; 4] = [40573, 40324, 115, 59];
 
 /// The lock collection of one lock family.
 #[derive(Clone, Debug)]
@@ -420,6 +427,87 @@ impl MongoStore {
         }))
     }
 
+    /// Whether the server can open change streams: a replica-set member (`hello` names a
+    /// `setName`) or a sharded cluster's router (`msg: "isdbgrid"`). A standalone server cannot,
+    /// and a server that merely accepts the stage without one of these is not trusted to report
+    /// updates. One round trip.
+    pub(crate) async fn change_streams_supported(&self) -> Result<bool, LockError> {
+        let reply = self
+            .bounded("hello", async {
+                Ok(self
+                    .client
+                    .database("admin")
+                    .run_command(doc! { "hello": 1 })
+                    .await?)
+            })
+            .await?;
+        let replica_set =
+            matches!(reply.get("setName"), Some(Bson::String(name)) if !name.is_empty());
+        let router = reply.get_str("msg") == Ok("isdbgrid");
+        Ok(replica_set || router)
+    }
+
+    /// Opens a change stream of this collection that the server filters down to releases: an
+    /// update whose `exclusive` sub-document was written whole with `acquired: false` (this
+    /// crate's release and purge, square/mongo-lock's unlock and purge), a replace by a released
+    /// document, a delete, and the events that end the stream. `resume` continues after an
+    /// earlier stream's last event; after an invalidation it must start after it instead.
+    pub(crate) async fn watch_releases(
+        &self,
+        resume: Option<ResumeToken>,
+        after_invalidation: bool,
+    ) -> Result<ReleaseStream, LockError> {
+        let pipeline = [doc! { "$match": { "$or": [
+            {
+                "operationType": "update",
+                "updateDescription.updatedFields.exclusive.acquired": false,
+            },
+            { "operationType": "replace", "fullDocument.exclusive.acquired": { "$ne": true } },
+            { "operationType": { "$in": ["delete", "drop", "rename", "dropDatabase", "invalidate"] } },
+        ] } }];
+        let watch = self
+            .collection
+            .watch()
+            .pipeline(pipeline)
+            .full_document(FullDocumentType::UpdateLookup);
+        let watch = match (resume, after_invalidation) {
+            (Some(token), true) => watch.start_after(token),
+            (Some(token), false) => watch.resume_after(token),
+            (None, _) => watch,
+        };
+        let stream = self.bounded("watch", async { Ok(watch.await?) }).await?;
+        Ok(ReleaseStream {
+            stream,
+            prefix: self.prefix.clone(),
+        })
+    }
+
+    /// When the live hold on `resource` ends (server time), or `None` if it is not held. One
+    /// read of two fields.
+    pub(crate) async fn expiry(
+        &self,
+        resource: &ResourceId,
+    ) -> Result<Option<SystemTime>, LockError> {
+        let stored = self
+            .bounded("expiry", async {
+                Ok(self
+                    .collection
+                    .find_one(
+                        doc! { "resource": self.stored_name(resource), "exclusive.acquired": true },
+                    )
+                    .projection(doc! { "_id": 0, "exclusive.expiresAt": 1 })
+                    .await?)
+            })
+            .await?;
+        match stored {
+            Some(stored) => read_date(
+                stored.get_document("exclusive").map_err(corrupt)?,
+                "expiresAt",
+            ),
+            None => Ok(None),
+        }
+    }
+
     fn resource_of(&self, stored: &Document) -> Result<ResourceId, LockError> {
         let name = stored.get_str("resource").map_err(corrupt)?;
         let id = name
@@ -511,6 +599,65 @@ pub(crate) fn is_transient(e: &LockError) -> bool {
     match e {
         LockError::Unavailable { .. } => true,
         LockError::Database(e) => database_error_is_transient(e),
+        _ => false,
+    }
+}
+
+/// A change stream of this collection's releases ([`MongoStore::watch_releases`]).
+pub(crate) struct ReleaseStream {
+    stream: ChangeStream<ChangeStreamEvent<Document>>,
+    prefix: String,
+}
+
+/// What one event of a [`ReleaseStream`] says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReleaseEvent {
+    /// This resource was released.
+    Released(ResourceId),
+    /// Some resource may have been released, which one is unknown (a delete, or a document
+    /// that is not of this lock family's shape).
+    Unknown,
+    /// The stream ended: the collection was dropped or renamed. It can start again after
+    /// [`ReleaseStream::resume_token`].
+    Invalidated,
+}
+
+impl ReleaseStream {
+    /// Waits for the next release. Errors are the stream's; the driver has already tried to
+    /// resume it once when it answers one.
+    pub(crate) async fn next(&mut self) -> Result<ReleaseEvent, LockError> {
+        use futures::StreamExt;
+        let Some(event) = self.stream.next().await else {
+            return Ok(ReleaseEvent::Invalidated);
+        };
+        let event = event?;
+        Ok(match event.operation_type {
+            OperationType::Invalidate
+            | OperationType::Drop
+            | OperationType::Rename
+            | OperationType::DropDatabase => ReleaseEvent::Invalidated,
+            _ => event
+                .full_document
+                .as_ref()
+                .and_then(|stored| stored.get_str("resource").ok())
+                .and_then(|name| name.strip_prefix(&self.prefix))
+                .and_then(|id| ResourceId::new(id).ok())
+                .map_or(ReleaseEvent::Unknown, ReleaseEvent::Released),
+        })
+    }
+
+    /// Where a new stream continues this one.
+    pub(crate) fn resume_token(&self) -> Option<ResumeToken> {
+        self.stream.resume_token()
+    }
+}
+
+/// Whether `e` says the server cannot open change streams at all.
+pub(crate) fn is_unsupported_stream(e: &LockError) -> bool {
+    match e {
+        LockError::Database(e) => {
+            error_code(e).is_some_and(|code| NO_CHANGE_STREAMS.contains(&code))
+        }
         _ => false,
     }
 }

@@ -7,7 +7,9 @@
 //! rest:
 //!
 //! - `grant.rs`: one grant attempt (`Lock`) and handing a grant to its caller;
-//! - `wait.rs`: the `Acquire` wait, its two pollings and the [`Polling::Adaptive`] backoff;
+//! - `wait.rs`: the `Acquire` wait and its two pollings;
+//! - `watch.rs`: waiting for a resource held elsewhere: the release stream, the
+//!   [`Polling::Adaptive`] fall-back pauses;
 //! - `release.rs`: `Unlock`, every end of a local hold, releasing grants nobody was given;
 //! - `lease.rs`: `Renew` and keep-alive.
 //!
@@ -17,6 +19,7 @@ mod grant;
 mod lease;
 mod release;
 mod wait;
+mod watch;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -34,6 +37,8 @@ use crate::messages::{CloseReport, HoldStatus, ResourceId};
 use crate::purger::{Purged, Purger, StopPurger};
 use crate::store::MongoStore;
 
+use self::watch::ReleaseWatch;
+
 /// The state every message's future shares.
 pub(crate) struct Core {
     config: LockConfig,
@@ -42,6 +47,7 @@ pub(crate) struct Core {
     drain: Rc<Drain>,
     holds: LocalHolds,
     waiters: Rc<LocalWaiters>,
+    release_watch: Rc<ReleaseWatch>,
     /// What the drain did, for every `Close`'s answer.
     close_report: Cell<CloseReport>,
 }
@@ -57,13 +63,18 @@ impl Core {
             collection = store.collection_name(),
             "lock manager starting"
         );
+        let drain = Drain::new();
+        let waiters: Rc<LocalWaiters> = Rc::default();
+        let release_watch =
+            ReleaseWatch::new(store.clone(), Rc::clone(&waiters), Rc::clone(&drain));
         Ok(Rc::new(Core {
             config,
             store,
             clock,
-            drain: Drain::new(),
+            drain,
             holds: LocalHolds::default(),
-            waiters: Rc::default(),
+            waiters,
+            release_watch,
             close_report: Cell::default(),
         }))
     }

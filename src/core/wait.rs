@@ -2,8 +2,9 @@
 //!
 //! Two pollings share one wait ([`Wait`]: the resource and the lock id, the deadline, the
 //! caller, how many retries were made, whether an attempt's outcome is unknown): dplock's fixed
-//! polling, and the adaptive one, in which only the head of this manager's local queue probes,
-//! paced by [`Backoff`].
+//! polling, and the adaptive one, in which only the head of this manager's local queue probes:
+//! woken by a release here, or, for a resource held elsewhere, as `watch.rs` decides (a release
+//! stream, else growing pauses).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -16,6 +17,7 @@ use crate::reply::Caller;
 use crate::store::is_transient;
 
 use super::grant::new_request;
+use super::watch::RemoteWait;
 use super::Core;
 
 impl Core {
@@ -100,7 +102,7 @@ impl Core {
     async fn acquire_adaptive(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
         // Take a place in line before the first probe, so arrival order is grant order.
         let place = self.waiters.join(&wait.resource);
-        let mut backoff = Backoff::new(self.config.acquire_period);
+        let mut remote = RemoteWait::new(self.config.acquire_period);
         let mut probed = false;
         let mut safety_probe_at = Instant::now() + SAFETY_PROBE;
         loop {
@@ -125,7 +127,7 @@ impl Core {
                     .clock
                     .until(expires_at)
                     .min(safety_probe_at.saturating_duration_since(Instant::now())),
-                None if place.is_head() => backoff.next_pause(),
+                None if place.is_head() => self.remote_pause(&wait.resource, &mut remote).await,
                 None => wait.remaining(),
             };
             self.pause(pause, Some(&place), wait).await?;
@@ -167,7 +169,9 @@ impl Core {
     }
 
     /// Sleeps up to `pause`, waking early when this waiter is told to try, and ending the wait
-    /// when the deadline passes, the manager closes or the caller leaves.
+    /// when the deadline passes, the manager closes or the caller leaves. A pause that reaches
+    /// the deadline ends the wait there: a try sent at the deadline would be cut off at once,
+    /// leaving a grant whose outcome nobody learns.
     async fn pause(
         &self,
         pause: Duration,
@@ -185,7 +189,9 @@ impl Core {
             }
         };
         tokio::select! {
-            () = tokio::time::sleep(pause.min(remaining)) => Ok(()),
+            () = tokio::time::sleep(pause.min(remaining)) => {
+                if pause >= remaining { Err(WaitEnd::OutOfTime) } else { Ok(()) }
+            }
             () = woken => Ok(()),
             () = self.drain.granting_ended() => Err(WaitEnd::Error(LockError::Closing)),
             () = wait.caller.gone() => Err(WaitEnd::Error(LockError::Closing)),
@@ -242,69 +248,4 @@ impl Wait<'_> {
 enum WaitEnd {
     OutOfTime,
     Error(LockError),
-}
-
-/// The pauses of [`Polling::Adaptive`](crate::Polling::Adaptive), whose rustdoc states the
-/// schedule (the unit tests below pin it).
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(acquire_period: Duration) -> Self {
-        let max = acquire_period / 10;
-        Backoff { next: max / 2, max }
-    }
-
-    fn next_pause(&mut self) -> Duration {
-        let base = self.next;
-        self.next = self.max;
-        // The randomness of a v4 UUID serves as jitter.
-        let fraction = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
-        base.mul_f64(0.9 + 0.4 * fraction)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::Backoff;
-    use crate::config::DEFAULT_ACQUIRE_PERIOD;
-
-    /// Whether `pause` is `base` stretched by a factor from 0.9 to 1.3 (within rounding).
-    fn jittered(pause: Duration, base: Duration) -> bool {
-        let (low, high) = (base.mul_f64(0.9), base.mul_f64(1.3));
-        pause + Duration::from_micros(1) >= low && pause <= high + Duration::from_micros(1)
-    }
-
-    #[test]
-    fn backoff_waits_a_twentieth_of_the_period_first_then_a_tenth_with_jitter() {
-        for _ in 0..200 {
-            let mut backoff = Backoff::new(DEFAULT_ACQUIRE_PERIOD);
-            let first = backoff.next_pause();
-            assert!(jittered(first, Duration::from_micros(12_500)), "{first:?}");
-            for _ in 0..20 {
-                let later = backoff.next_pause();
-                assert!(jittered(later, Duration::from_millis(25)), "{later:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn backoff_pauses_are_not_all_alike() {
-        let mut backoff = Backoff::new(Duration::from_millis(250));
-        backoff.next_pause();
-        let pauses: Vec<Duration> = (0..100).map(|_| backoff.next_pause()).collect();
-        let (min, max) = (pauses.iter().min(), pauses.iter().max());
-        assert!(min < max, "100 pauses all {min:?}");
-    }
-
-    #[test]
-    fn backoff_scales_with_the_period() {
-        let mut backoff = Backoff::new(Duration::from_secs(1));
-        assert!(jittered(backoff.next_pause(), Duration::from_millis(50)));
-        assert!(jittered(backoff.next_pause(), Duration::from_millis(100)));
-    }
 }

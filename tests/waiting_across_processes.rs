@@ -1,0 +1,506 @@
+//! Waiting for a resource held by another manager (another process, as far as the waiter can
+//! tell: separate managers on separate clients share nothing but the database).
+//!
+//! Every test runs on both servers and asserts what that server allows. On SecantusDB (a
+//! replica-set primary with change streams and failpoints, `MONGO_SERVER=secantus`) a release
+//! elsewhere reaches the waiter through the manager's one stream of releases, a lease that ends
+//! wakes the waiter without an event, the stream survives a closed connection, and a stream that
+//! keeps failing gives way to probing. On nx-27017 (no change streams, no failpoints) no stream
+//! is tried and the waiter probes, with pauses that grow to `acquire_period`. What each manager
+//! sends is counted with the driver's command monitoring. The time bounds are far above what the
+//! stream needs and below what probing on the test's long `acquire_period` could reach.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_mongo_lock::{Acquire, Lock, LockConfig, LockError, LockManager, Unlock};
+use mongodb::bson::{doc, Document};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::ClientOptions;
+use support::poll::until;
+use support::server::{client, fast_config, manager, unique_name, uri};
+
+/// One command a monitored manager sent.
+#[derive(Clone, Debug)]
+struct Sent {
+    at: Instant,
+    name: String,
+    /// An `aggregate` opening a change stream.
+    stream: bool,
+    /// A change stream opened after an earlier one's last event.
+    resumed: bool,
+}
+
+/// The commands a manager's client sent, and which change streams the server opened.
+#[derive(Clone, Default)]
+struct Monitor {
+    sent: Arc<Mutex<Vec<Sent>>>,
+    stream_requests: Arc<Mutex<HashSet<i32>>>,
+    streams_opened: Arc<Mutex<u32>>,
+}
+
+impl Monitor {
+    fn count(&self, name: &str, since: Instant) -> usize {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.name == name && s.at >= since)
+            .count()
+    }
+
+    fn stream_attempts(&self) -> Vec<Sent> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.stream)
+            .cloned()
+            .collect()
+    }
+
+    fn streams_opened(&self) -> u32 {
+        *self.streams_opened.lock().unwrap()
+    }
+}
+
+/// A manager on a client of its own named `app_name` (so a failpoint can aim at it alone),
+/// with every command it sends recorded.
+async fn monitored_manager(config: &LockConfig, app_name: &str) -> (Addr<LockManager>, Monitor) {
+    let monitor = Monitor::default();
+    let seen = monitor.clone();
+    let mut options = ClientOptions::parse(uri()).await.unwrap();
+    options.app_name = Some(app_name.to_owned());
+    options.command_event_handler = Some(EventHandler::callback(move |event| match event {
+        CommandEvent::Started(started) => {
+            let change_stream = started.command_name == "aggregate"
+                && first_stage(&started.command).is_some_and(|s| s.contains_key("$changeStream"));
+            let resumed = change_stream
+                && first_stage(&started.command)
+                    .and_then(|s| s.get_document("$changeStream").ok().cloned())
+                    .is_some_and(|s| s.contains_key("resumeAfter") || s.contains_key("startAfter"));
+            if change_stream {
+                seen.stream_requests
+                    .lock()
+                    .unwrap()
+                    .insert(started.request_id);
+            }
+            seen.sent.lock().unwrap().push(Sent {
+                at: Instant::now(),
+                name: started.command_name.clone(),
+                stream: change_stream,
+                resumed,
+            });
+        }
+        CommandEvent::Succeeded(succeeded)
+            if seen
+                .stream_requests
+                .lock()
+                .unwrap()
+                .contains(&succeeded.request_id) =>
+        {
+            *seen.streams_opened.lock().unwrap() += 1;
+        }
+        _ => {}
+    }));
+    let locks = LockManager::with_client(
+        mongodb::Client::with_options(options).unwrap(),
+        config.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot start a lock manager on {}: {e}", uri()));
+    (locks, monitor)
+}
+
+fn first_stage(command: &Document) -> Option<&Document> {
+    command.get_array("pipeline").ok()?.first()?.as_document()
+}
+
+/// Whether the suite's server has change streams: nx-27017 (`MONGO_SERVER=nx`) has none;
+/// SecantusDB and a real replica set do, which `hello` confirms (a `setName`).
+async fn server_has_streams() -> bool {
+    let hello = client()
+        .await
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .await
+        .expect("hello");
+    let replica_set = hello.get_str("setName").is_ok();
+    match std::env::var("MONGO_SERVER").as_deref() {
+        Ok("nx") => {
+            assert!(!replica_set, "nx-27017 answered hello as a replica set");
+            false
+        }
+        _ => {
+            assert!(
+                replica_set,
+                "the suite's server is not a replica set: {hello}"
+            );
+            true
+        }
+    }
+}
+
+/// The server has one `failCommand` failpoint, and setting it replaces what another test set:
+/// the tests that use it take turns.
+static FAILPOINT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Sets the `failCommand` failpoint (each test aims it at its own client with `appName`).
+async fn fail_command(mode: mongodb::bson::Bson, data: Document) {
+    client()
+        .await
+        .database("admin")
+        .run_command(doc! { "configureFailPoint": "failCommand", "mode": mode, "data": data })
+        .await
+        .expect("configureFailPoint is enabled on SecantusDB");
+}
+
+async fn fail_command_off() {
+    fail_command("off".into(), doc! {}).await;
+}
+
+/// A configuration whose probing would be slow: the fall-back's first pause is 6 s and the
+/// safety probe 240 s, so a waiter granted within seconds of a release was told of it.
+fn slow_probing(prefix: &str) -> LockConfig {
+    fast_config(prefix)
+        .ttl(Duration::from_secs(120))
+        .acquire_retries(Duration::from_secs(60), 10)
+}
+
+#[actix_rt::test]
+async fn a_release_elsewhere_wakes_the_waiter_through_the_stream_on_secantus_and_by_probing_on_nx()
+{
+    let streams = server_has_streams().await;
+    let config = slow_probing("stream_wake");
+    let holder = manager(&config).await;
+    let held = holder.send(Lock::new("doc")).await.unwrap().unwrap();
+    let (waiting, monitor) = monitored_manager(&config, &unique_name("wake")).await;
+
+    let acquire =
+        actix_rt::spawn(waiting.send(Acquire::new("doc").timeout(Duration::from_secs(60))));
+    if streams {
+        until("the release stream opens", Duration::from_secs(10), || {
+            monitor.streams_opened() >= 1
+        })
+        .await;
+    }
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+
+    let released = Instant::now();
+    holder
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let grant = acquire
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the waiter is granted");
+    let waited = released.elapsed();
+
+    assert!(grant.fence > held.fence);
+    if streams {
+        // Probing, the next probe would come 6 s or more after the wait began.
+        assert!(
+            waited < Duration::from_secs(4),
+            "the waiter took {waited:?} after the release, as if it had probed"
+        );
+        assert_eq!(
+            monitor.stream_attempts().len(),
+            1,
+            "one stream, opened once"
+        );
+    } else {
+        assert!(
+            monitor.stream_attempts().is_empty(),
+            "a stream was tried on a server without a replica set"
+        );
+        assert!(
+            waited < Duration::from_secs(15),
+            "the probing waiter took {waited:?}"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_waiting_manager_probes_at_most_twice_a_second_per_resource_with_a_stream_four_times_without(
+) {
+    let streams = server_has_streams().await;
+    // The defaults: acquire_period 250 ms, so the safety probe is 1 s.
+    let config = fast_config("probe_rate")
+        .ttl(Duration::from_secs(60))
+        .acquire_retries(Duration::from_millis(250), 10);
+    let holder = manager(&config).await;
+    let held_a = holder.send(Lock::new("a")).await.unwrap().unwrap();
+    let held_b = holder.send(Lock::new("b")).await.unwrap().unwrap();
+    let (waiting, monitor) = monitored_manager(&config, &unique_name("rate")).await;
+
+    let waits: Vec<_> = ["a", "a", "a", "b", "b", "b"]
+        .into_iter()
+        .map(|r| actix_rt::spawn(waiting.send(Acquire::new(r).timeout(Duration::from_secs(30)))))
+        .collect();
+    if streams {
+        until("the release stream opens", Duration::from_secs(10), || {
+            monitor.streams_opened() >= 1
+        })
+        .await;
+    }
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    let window_start = Instant::now();
+    actix_rt::time::sleep(Duration::from_secs(5)).await;
+    let probes = monitor.count("findAndModify", window_start) + monitor.count("find", window_start);
+    let releasing = Instant::now();
+    let closed_early = monitor.count("killCursors", window_start);
+
+    holder
+        .send(Unlock::new(held_a.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    holder
+        .send(Unlock::new(held_b.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    for wait in waits {
+        let grant = wait
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("every waiter is served");
+        waiting
+            .send(Unlock::new(grant.lock_id))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    if streams {
+        // Two resources, 5 s: at most 2 requests a second each.
+        assert!(probes <= 20, "{probes} requests in 5 s for two resources");
+        assert_eq!(
+            monitor.stream_attempts().len(),
+            1,
+            "one stream per manager, whatever the number of resources and waiters"
+        );
+        assert_eq!(closed_early, 0, "the stream closed while waiters needed it");
+        until(
+            "the stream closes when the last waiter leaves",
+            Duration::from_secs(10),
+            || monitor.count("killCursors", releasing) >= 1,
+        )
+        .await;
+    } else {
+        // Probing every 250-350 ms once the pauses have grown: at most 4 a second each.
+        assert!(
+            (20..=40).contains(&probes),
+            "{probes} probes in 5 s for two resources"
+        );
+        assert!(monitor.stream_attempts().is_empty());
+    }
+}
+
+#[actix_rt::test]
+async fn a_stream_whose_connection_closes_resumes_after_its_last_event_on_secantus() {
+    if !server_has_streams().await {
+        // nx-27017 has neither streams nor failpoints: the waiter probes instead (the tests
+        // above show it), and no stream is ever opened to be resumed.
+        return assert_no_stream_is_tried().await;
+    }
+    let _failpoint = FAILPOINT.lock().await;
+    let app = unique_name("resume");
+    let config = slow_probing("stream_resume");
+    let holder = manager(&config).await;
+    let held = holder.send(Lock::new("doc")).await.unwrap().unwrap();
+    let (waiting, monitor) = monitored_manager(&config, &app).await;
+
+    let acquire =
+        actix_rt::spawn(waiting.send(Acquire::new("doc").timeout(Duration::from_secs(60))));
+    until("the release stream opens", Duration::from_secs(10), || {
+        monitor.streams_opened() >= 1
+    })
+    .await;
+    fail_command(
+        doc! { "times": 1 }.into(),
+        doc! { "failCommands": ["getMore"], "closeConnection": true, "appName": &app },
+    )
+    .await;
+    until(
+        "the stream is opened again after its last event",
+        Duration::from_secs(10),
+        || monitor.stream_attempts().iter().any(|s| s.resumed) && monitor.streams_opened() >= 2,
+    )
+    .await;
+    fail_command_off().await;
+
+    let released = Instant::now();
+    holder
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let grant = acquire
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the waiter is granted");
+    let waited = released.elapsed();
+
+    assert!(grant.fence > held.fence);
+    assert!(
+        waited < Duration::from_secs(4),
+        "the resumed stream did not tell the waiter: it took {waited:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_stream_that_keeps_failing_gives_way_to_probing_on_secantus() {
+    if !server_has_streams().await {
+        return assert_no_stream_is_tried().await;
+    }
+    let _failpoint = FAILPOINT.lock().await;
+    let app = unique_name("fallback");
+    let config = fast_config("stream_fallback")
+        .ttl(Duration::from_secs(60))
+        .acquire_retries(Duration::from_millis(250), 10);
+    let holder = manager(&config).await;
+    let held = holder.send(Lock::new("doc")).await.unwrap().unwrap();
+    // Every change stream this client opens fails, with an error that is not "unsupported".
+    fail_command(
+        "alwaysOn".into(),
+        doc! { "failCommands": ["aggregate"], "errorCode": 2, "appName": &app },
+    )
+    .await;
+    let (waiting, monitor) = monitored_manager(&config, &app).await;
+
+    let acquire =
+        actix_rt::spawn(waiting.send(Acquire::new("doc").timeout(Duration::from_secs(30))));
+    until("three tries at a stream", Duration::from_secs(10), || {
+        monitor.stream_attempts().len() >= 3
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let window_start = Instant::now();
+    actix_rt::time::sleep(Duration::from_secs(3)).await;
+    let probes = monitor.count("findAndModify", window_start);
+    let attempts = monitor.stream_attempts().len();
+    fail_command_off().await;
+
+    holder
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let grant = acquire.await.unwrap().unwrap();
+
+    assert!(grant.is_ok(), "the probing waiter is granted: {grant:?}");
+    assert_eq!(
+        attempts, 3,
+        "it stopped trying streams after three failures"
+    );
+    // Probing every 250-350 ms: 8 to 12 in 3 s; a waiter still relying on a stream would send
+    // about 3.
+    assert!(
+        (6..=13).contains(&probes),
+        "{probes} probes in 3 s of probing at a 250 ms period"
+    );
+}
+
+#[actix_rt::test]
+async fn a_lease_that_ends_wakes_the_waiter_without_an_event_on_secantus() {
+    let streams = server_has_streams().await;
+    // The holder never renews and nobody purges: its lease just ends, which the stream does not
+    // report. The waiter's fall-back pauses (12 s at first) and safety probe (8 min) are long.
+    let waiter_config = fast_config("expiry").acquire_retries(Duration::from_secs(120), 10);
+    let holder_config = waiter_config.clone().ttl(Duration::from_secs(3));
+    let holder = manager(&holder_config).await;
+    let (waiting, monitor) = monitored_manager(&waiter_config, &unique_name("expiry")).await;
+    let started = Instant::now();
+    let held = holder.send(Lock::new("doc")).await.unwrap().unwrap();
+
+    let grant = waiting
+        .send(Acquire::new("doc").timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the waiter takes over the ended lease");
+    let waited = started.elapsed();
+
+    assert!(grant.fence > held.fence);
+    assert!(
+        grant.granted_at >= held.expires_at,
+        "granted before the lease ended"
+    );
+    if streams {
+        assert!(
+            waited < Duration::from_secs(8),
+            "the waiter took {waited:?} for a 3 s lease, as if it had waited for a probe"
+        );
+        assert_eq!(monitor.streams_opened(), 1, "the stream was open meanwhile");
+    } else {
+        // Without a stream the waiter learns of the end at its next probe, 12 s or more in.
+        assert!(waited >= Duration::from_secs(8), "{waited:?}");
+        assert!(monitor.stream_attempts().is_empty());
+    }
+}
+
+#[actix_rt::test]
+async fn a_default_wait_for_a_resource_held_elsewhere_probes_at_most_fifteen_times() {
+    let streams = server_has_streams().await;
+    let config = fast_config("default_wait")
+        .ttl(Duration::from_secs(60))
+        .acquire_retries(Duration::from_millis(250), 10);
+    let holder = manager(&config).await;
+    holder.send(Lock::new("doc")).await.unwrap().unwrap();
+    let (waiting, monitor) = monitored_manager(&config, &unique_name("default")).await;
+
+    let started = Instant::now();
+    let refused = waiting.send(Acquire::new("doc")).await.unwrap();
+    let ended = Instant::now();
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+
+    assert!(
+        matches!(refused, Err(LockError::AcquireMaxRetries { .. })),
+        "{refused:?}"
+    );
+    let probes = monitor.count("findAndModify", started);
+    let range = if streams { 1..=6 } else { 5..=15 };
+    assert!(
+        range.contains(&probes),
+        "{probes} probes in a default 2.5 s wait (streams: {streams})"
+    );
+    assert_eq!(
+        monitor.stream_attempts().is_empty(),
+        !streams,
+        "a stream is tried exactly where the server has them"
+    );
+    assert_eq!(
+        monitor.count("findAndModify", ended),
+        0,
+        "nothing is sent after the wait ended"
+    );
+}
+
+/// On a server without change streams: a manager waiting for a resource held elsewhere tries
+/// no stream, and is granted by probing once it is released.
+async fn assert_no_stream_is_tried() {
+    let config = fast_config("no_stream").acquire_retries(Duration::from_millis(250), 10);
+    let holder = manager(&config).await;
+    let held = holder.send(Lock::new("doc")).await.unwrap().unwrap();
+    let (waiting, monitor) = monitored_manager(&config, &unique_name("no_stream")).await;
+    let acquire =
+        actix_rt::spawn(waiting.send(Acquire::new("doc").timeout(Duration::from_secs(10))));
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    holder
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(acquire.await.unwrap().unwrap().is_ok());
+    assert!(monitor.stream_attempts().is_empty());
+}
