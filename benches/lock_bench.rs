@@ -551,7 +551,9 @@ async fn main() {
     let samples = if quick { 100 } else { 400 };
     let run = Duration::from_secs(if quick { 2 } else { 5 });
     let mut table = Table::default();
-    eprintln!("lock_bench against {}", uri());
+    // Which server the rows are of: every ratio is against this server's own B.
+    let server = std::env::var("MONGO_SERVER").unwrap_or_else(|_| "external".to_owned());
+    eprintln!("lock_bench against {} ({server})", uri());
 
     let raw = Client::with_uri_str(uri()).await.expect("client");
     let raw_collection = raw
@@ -729,7 +731,9 @@ async fn main() {
     );
 
     table.print();
-    let path = std::env::var("BENCH_JSON").unwrap_or_else(|_| "target/lock_bench.json".to_owned());
+    println!("\nserver: {server}");
+    let path =
+        std::env::var("BENCH_JSON").unwrap_or_else(|_| format!("target/lock_bench-{server}.json"));
     std::fs::write(&path, table.json()).expect("write the JSON");
     eprintln!("wrote {path}");
 }

@@ -1,9 +1,9 @@
 //! What an actix application in production relies on, each pinned by what a user saw go wrong:
 //! a free resource is granted whatever the Acquire's timeout, shutdown in two phases (stop
-//! granting, then close), per-request leases, errors an HTTP layer can branch on, spans that
-//! group under the caller's, "forever" durations that do not panic, a waiter that learns of a
-//! release made through another manager, an honest `AcquireMaxRetries`, and `Status` of a hold
-//! without expiry.
+//! granting, then close), per-request leases, errors an HTTP layer can branch on, "forever"
+//! durations that do not panic, a waiter that learns of a release made through another manager,
+//! an honest `AcquireMaxRetries`, `Status` of a hold without expiry, and grants that serialise
+//! without their lock id. (The spans are in tests/spans.rs.)
 //!
 //! ```sh
 //! scripts/with-mongo cargo test --test production
@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_mongo_lock::{
@@ -327,66 +326,6 @@ async fn a_mailbox_error_converts_into_a_lock_error() {
         LockError::from(actix::MailboxError::Closed),
         LockError::ManagerStopped
     ));
-}
-
-/// Each new span's name and its parent's name.
-type SpanParents = Vec<(String, Option<String>)>;
-
-/// A `tracing` layer that records, for every span the library opens, the name of its parent.
-#[derive(Clone, Default)]
-struct Parents(Arc<Mutex<SpanParents>>);
-
-impl<S> tracing_subscriber::Layer<S> for Parents
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        _: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let span = ctx.span(id).expect("a new span is registered");
-        let parent = span.parent().map(|p| p.name().to_owned());
-        self.0
-            .lock()
-            .unwrap()
-            .push((span.name().to_owned(), parent));
-    }
-}
-
-#[actix_rt::test]
-async fn the_managers_spans_are_children_of_the_callers_span() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let parents = Parents::default();
-    let subscriber = tracing_subscriber::registry().with(parents.clone());
-    let _default = tracing::subscriber::set_default(subscriber);
-
-    let locks = manager(&fast_config("spans")).await;
-    let request = tracing::info_span!("http_request", path = "/reports/7");
-    let grant = {
-        let _entered = request.enter();
-        locks.send(Lock::new("report-7"))
-    }
-    .await
-    .unwrap()
-    .unwrap();
-    let unlock = {
-        let _entered = request.enter();
-        locks.send(Unlock::new(grant.lock_id))
-    };
-    unlock.await.unwrap().unwrap();
-
-    let seen = parents.0.lock().unwrap().clone();
-    for name in ["lock", "unlock"] {
-        let parent = seen
-            .iter()
-            .find(|(span, _)| span == name)
-            .unwrap_or_else(|| panic!("no {name} span among {seen:?}"))
-            .1
-            .clone();
-        assert_eq!(parent.as_deref(), Some("http_request"), "{name}: {seen:?}");
-    }
 }
 
 /// An Acquire whose caller leaves while it waits, then the holder releases: the leaving waiter
