@@ -153,9 +153,23 @@ impl LockError {
     }
 }
 
+impl LockError {
+    /// Whether the request that failed with this error may have been applied, and may succeed
+    /// if sent again: the database was unreachable, did not answer in time, or failed
+    /// transiently (everything but errors in the request itself). A grant that failed so is
+    /// released in the background, and a wait or an Unlock tries again.
+    pub(crate) fn outcome_unknown(&self) -> bool {
+        match self {
+            LockError::Unavailable { .. } => true,
+            LockError::Database(e) => database_error_is_transient(e),
+            _ => false,
+        }
+    }
+}
+
 /// Whether retrying a request that failed with `e` may succeed: everything but errors in the
 /// request itself.
-pub(crate) fn database_error_is_transient(e: &mongodb::error::Error) -> bool {
+fn database_error_is_transient(e: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
     !matches!(
         e.kind.as_ref(),

@@ -25,7 +25,7 @@ use mongodb::options::{FullDocumentType, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 
 use crate::config::LockConfig;
-use crate::error::{database_error_is_transient, LockError};
+use crate::error::LockError;
 use crate::messages::{HoldStatus, LockGrant, LockId, ResourceId};
 
 /// MongoDB's duplicate-key error code. Recognised by code, never by message.
@@ -589,17 +589,6 @@ pub(crate) fn error_code(e: &mongodb::error::Error) -> Option<i32> {
         ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
         ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
         _ => None,
-    }
-}
-
-/// Whether a request that failed with `e` may have been applied, and may succeed if sent
-/// again: the database was unreachable, did not answer in time, or failed transiently
-/// (everything but errors in the request itself).
-pub(crate) fn is_transient(e: &LockError) -> bool {
-    match e {
-        LockError::Unavailable { .. } => true,
-        LockError::Database(e) => database_error_is_transient(e),
-        _ => false,
     }
 }
 

@@ -9,7 +9,6 @@ use crate::config::check_ttl;
 use crate::error::LockError;
 use crate::messages::{KeepAlive, Lock, LockGrant, LockId, ResourceId};
 use crate::reply::Caller;
-use crate::store::is_transient;
 
 use super::Core;
 
@@ -28,7 +27,7 @@ impl Core {
             }),
             Err(e) => {
                 // A transient error may have lost the reply of a grant that was made.
-                self.release_if_uncertain(lock_id, ttl, is_transient(&e));
+                self.release_if_uncertain(lock_id, ttl, e.outcome_unknown());
                 Err(e)
             }
         }

@@ -10,7 +10,6 @@ use tracing::Instrument;
 use crate::drain::InFlight;
 use crate::error::LockError;
 use crate::messages::{LockId, UnlockOutcome};
-use crate::store::is_transient;
 
 use super::Core;
 
@@ -69,7 +68,7 @@ impl Core {
                     tracing::debug!(?outcome, "unlocked");
                     return Ok(outcome);
                 }
-                Err(e) if is_transient(&e) && retried < self.config.unlock_max_retries => {
+                Err(e) if e.outcome_unknown() && retried < self.config.unlock_max_retries => {
                     tracing::debug!(error = %e, retries = retried, "unlock failed; retrying");
                     *last_error.borrow_mut() = e.to_string();
                     retries.set(retried + 1);
@@ -78,7 +77,7 @@ impl Core {
                         () = self.drain.closing() => return Err(LockError::Closing),
                     }
                 }
-                Err(e) if is_transient(&e) => {
+                Err(e) if e.outcome_unknown() => {
                     let error = LockError::UnlockMaxRetries {
                         retries: retried,
                         last_error: e.to_string(),

@@ -14,7 +14,6 @@ use crate::error::LockError;
 use crate::local::Place;
 use crate::messages::{Acquire, LockGrant, LockId, Polling, ResourceId};
 use crate::reply::Caller;
-use crate::store::is_transient;
 
 use super::grant::new_request;
 use super::watch::RemoteWait;
@@ -154,7 +153,7 @@ impl Core {
                 wait.answered.set(true);
                 Ok(grant)
             }
-            Ok(Err(e)) if is_transient(&e) => {
+            Ok(Err(e)) if e.outcome_unknown() => {
                 wait.uncertain.set(true);
                 tracing::warn!(error = %e, "grant attempt failed; retrying within the wait budget");
                 *wait.last_error.borrow_mut() = Some(e.to_string());
