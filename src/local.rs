@@ -110,6 +110,8 @@ pub(crate) struct LocalWaiters {
 struct Waiter {
     id: u64,
     wake: Notify,
+    /// Told to look at the resource's line before trying (nothing says it was released).
+    look_first: Cell<bool>,
 }
 
 /// A waiter's place in its resource's queue. Dropping it leaves the queue.
@@ -128,6 +130,7 @@ impl LocalWaiters {
         let waiter = Rc::new(Waiter {
             id,
             wake: Notify::new(),
+            look_first: Cell::new(false),
         });
         self.queues
             .borrow_mut()
@@ -141,9 +144,24 @@ impl LocalWaiters {
         }
     }
 
+    /// Whether any Acquire waits here for `resource`.
+    pub(crate) fn is_waited(&self, resource: &ResourceId) -> bool {
+        self.queues.borrow().contains_key(resource)
+    }
+
     /// Tells the oldest waiter for `resource` to try now.
     pub(crate) fn wake_head(&self, resource: &ResourceId) {
         if let Some(head) = self.queues.borrow().get(resource).and_then(|q| q.front()) {
+            head.look_first.set(false);
+            head.wake.notify_one();
+        }
+    }
+
+    /// Tells the oldest waiter for `resource` to look again now: the resource may have been
+    /// released unseen (a release stream just opened).
+    pub(crate) fn nudge_head(&self, resource: &ResourceId) {
+        if let Some(head) = self.queues.borrow().get(resource).and_then(|q| q.front()) {
+            head.look_first.set(true);
             head.wake.notify_one();
         }
     }
@@ -162,8 +180,10 @@ impl Place {
 
     /// Resolves when this waiter is told to try: the resource was released here, or it became
     /// the head of its queue.
-    pub(crate) async fn woken(&self) {
+    /// Answers `true` if told to try, `false` if told only to look.
+    pub(crate) async fn woken(&self) -> bool {
         self.waiter.wake.notified().await;
+        !self.waiter.look_first.replace(false)
     }
 }
 

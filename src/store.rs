@@ -178,13 +178,19 @@ impl MongoStore {
     /// One atomic grant: takes `resource` if it is free, its lease expired, or it is already
     /// held under `lock_id` (a retry whose first reply was lost). `Ok(None)` means someone else
     /// holds a live lease. One `findOneAndUpdate`, one round trip.
-    pub async fn grant(
+    ///
+    /// The grant also keeps the line of waiting managers ([`LineView`]): it is refused while
+    /// another manager's turn is live (unless it is a retry of this grant), takes `in_line.manager`
+    /// out of the line, and hands the turn to `in_line.pass_to` (or to nobody). The answer
+    /// carries the line as the grant left it.
+    pub(crate) async fn grant(
         &self,
         resource: &ResourceId,
         lock_id: &LockId,
         now: SystemTime,
         ttl: Duration,
-    ) -> Result<Option<LockGrant>, LockError> {
+        in_line: &InLine<'_>,
+    ) -> Result<Option<(LockGrant, LineView)>, LockError> {
         self.bounded_within(ttl, "grant", async {
             let now_bson = DateTime::from_system_time(now);
             // Millisecond precision is all BSON dates keep; the grant reports what is stored.
@@ -197,18 +203,30 @@ impl MongoStore {
             let filter = doc! {
                 "resource": self.stored_name(resource),
                 "shared.count": 0,
-                "$and": [{ "$or": [
-                    { "exclusive.acquired": false },
-                    { "exclusive.expiresAt": { "$lt": now_bson } },
-                    { "exclusive.lockId": lock_id.as_str() },
-                ] }],
+                "$and": [
+                    { "$or": [
+                        { "exclusive.acquired": false },
+                        { "exclusive.expiresAt": { "$lt": now_bson } },
+                        { "exclusive.lockId": lock_id.as_str() },
+                    ] },
+                    { "$or": [
+                        { "turn": { "$exists": false } },
+                        { "turn.until": { "$lt": millis(now) } },
+                        { "turn.manager": in_line.manager },
+                        { "exclusive.lockId": lock_id.as_str() },
+                    ] },
+                ],
             };
+            let mut leaving = vec![Bson::from(in_line.manager)];
+            leaving.extend(in_line.pass_to.map(Bson::from));
             let update = doc! {
                 "$set": {
                     "exclusive": self.held(lock_id, granted_at, None, expires_at),
                     "shared": { "count": 0, "locks": [] },
+                    "turn": turn(in_line.pass_to, now),
                 },
                 "$inc": { "fence": 1_i64 },
+                "$pull": { "line": { "$in": leaving } },
             };
             let result = self
                 .collection
@@ -228,13 +246,142 @@ impl MongoStore {
             if fence == 1 && !self.sole_document(resource, lock_id, &stored).await? {
                 return Ok(None);
             }
-            Ok(Some(LockGrant {
+            let grant = LockGrant {
                 lock_id: lock_id.clone(),
                 resource_id: resource.clone(),
                 fence,
                 granted_at,
                 expires_at,
-            }))
+            };
+            Ok(Some((grant, LineView::read(&stored, now)?)))
+        })
+        .await
+    }
+
+    /// Puts `manager` in `resource`'s line of waiting managers: it takes the turn if the turn is
+    /// nobody's (or renews it for [`TURN_LIFE`] when `has_turn` and it still has it), else it
+    /// goes to the end of the line, unless it is in line already. Answers the line and the hold
+    /// as they stand, or `None` if the resource has no document (then it is free). One
+    /// `findOneAndUpdate` when it takes or renews the turn; two when it joins the line, or three
+    /// the first time a resource has a line, since nx-27017 cannot `$addToSet` to a missing
+    /// array.
+    pub(crate) async fn join_line(
+        &self,
+        resource: &ResourceId,
+        manager: &str,
+        has_turn: bool,
+        now: SystemTime,
+    ) -> Result<Option<LineView>, LockError> {
+        self.bounded("join_line", async {
+            let name = self.stored_name(resource);
+            if has_turn {
+                let renewed = self
+                    .collection
+                    .find_one_and_update(
+                        doc! { "resource": &name, "turn.manager": manager },
+                        doc! { "$set": { "turn": turn(Some(manager), now) } },
+                    )
+                    .return_document(ReturnDocument::After)
+                    .await?;
+                if let Some(stored) = renewed {
+                    return Ok(Some(LineView::read(&stored, now)?));
+                }
+            }
+            let took = self
+                .collection
+                .find_one_and_update(
+                    doc! { "resource": &name, "$and": [nobodys_turn(now)] },
+                    doc! {
+                        "$set": { "turn": turn(Some(manager), now) },
+                        "$pull": { "line": manager },
+                    },
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            if let Some(stored) = took {
+                return Ok(Some(LineView::read(&stored, now)?));
+            }
+            let mut joined = self
+                .collection
+                .find_one_and_update(
+                    doc! { "resource": &name, "line": { "$exists": true } },
+                    doc! { "$addToSet": { "line": manager } },
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            if joined.is_none() {
+                joined = self
+                    .collection
+                    .find_one_and_update(
+                        doc! { "resource": &name, "line": { "$exists": false } },
+                        doc! { "$set": { "line": [manager] } },
+                    )
+                    .return_document(ReturnDocument::After)
+                    .await?;
+            }
+            joined
+                .map(|stored| LineView::read(&stored, now))
+                .transpose()
+        })
+        .await
+    }
+
+    /// Gives the turn to `to` (taking it out of the line), if nobody's turn is live. Answers
+    /// the line as it then stands, or `None` if someone's turn was live after all.
+    pub(crate) async fn pass_turn(
+        &self,
+        resource: &ResourceId,
+        to: &str,
+        now: SystemTime,
+    ) -> Result<Option<LineView>, LockError> {
+        self.bounded("pass_turn", async {
+            let passed = self
+                .collection
+                .find_one_and_update(
+                    doc! { "resource": self.stored_name(resource), "$and": [nobodys_turn(now)] },
+                    doc! { "$set": { "turn": turn(Some(to), now) }, "$pull": { "line": to } },
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            passed
+                .map(|stored| LineView::read(&stored, now))
+                .transpose()
+        })
+        .await
+    }
+
+    /// Takes `manager` out of `resource`'s line; if it has the turn, the turn goes to
+    /// `pass_to` (or to nobody).
+    pub(crate) async fn leave_line(
+        &self,
+        resource: &ResourceId,
+        manager: &str,
+        pass_to: Option<&str>,
+        now: SystemTime,
+    ) -> Result<(), LockError> {
+        self.bounded("leave_line", async {
+            let name = self.stored_name(resource);
+            let mut leaving = vec![Bson::from(manager)];
+            leaving.extend(pass_to.map(Bson::from));
+            let passed = self
+                .collection
+                .update_one(
+                    doc! { "resource": &name, "turn.manager": manager },
+                    doc! {
+                        "$set": { "turn": turn(pass_to, now) },
+                        "$pull": { "line": { "$in": leaving } },
+                    },
+                )
+                .await?;
+            if passed.matched_count == 0 {
+                self.collection
+                    .update_one(
+                        doc! { "resource": &name },
+                        doc! { "$pull": { "line": manager } },
+                    )
+                    .await?;
+            }
+            Ok(())
         })
         .await
     }
@@ -482,32 +629,6 @@ impl MongoStore {
         })
     }
 
-    /// When the live hold on `resource` ends (server time), or `None` if it is not held. One
-    /// read of two fields.
-    pub(crate) async fn expiry(
-        &self,
-        resource: &ResourceId,
-    ) -> Result<Option<SystemTime>, LockError> {
-        let stored = self
-            .bounded("expiry", async {
-                Ok(self
-                    .collection
-                    .find_one(
-                        doc! { "resource": self.stored_name(resource), "exclusive.acquired": true },
-                    )
-                    .projection(doc! { "_id": 0, "exclusive.expiresAt": 1 })
-                    .await?)
-            })
-            .await?;
-        match stored {
-            Some(stored) => read_date(
-                stored.get_document("exclusive").map_err(corrupt)?,
-                "expiresAt",
-            ),
-            None => Ok(None),
-        }
-    }
-
     fn resource_of(&self, stored: &Document) -> Result<ResourceId, LockError> {
         let name = stored.get_str("resource").map_err(corrupt)?;
         let id = name
@@ -553,6 +674,116 @@ fn released() -> Document {
         "renewedAt": Bson::Null,
         "expiresAt": Bson::Null,
         "acquired": false,
+    }
+}
+
+/// How long a turn in the line stays someone's without being renewed: the manager whose turn it
+/// is renews it at every safety probe (about once a second), so only a manager that stopped (a
+/// killed process, a lost connection) lets it lapse, and then holds up the line this long.
+pub(crate) const TURN_LIFE: Duration = Duration::from_secs(5);
+
+/// Who a grant is for, in the line of waiting managers: the granting manager, and the manager
+/// the turn goes to next (the first in line, as last seen), if any.
+pub(crate) struct InLine<'a> {
+    pub(crate) manager: &'a str,
+    pub(crate) pass_to: Option<&'a str>,
+}
+
+/// A resource's line of waiting managers and its hold, as one answer of the store saw them.
+///
+/// Ours, beside square/mongo-lock's fields (Go clients ignore them):
+/// `turn: { manager, until }` is the manager whose turn it is to be granted next (`until` in
+/// server-clock milliseconds; a lapsed or missing turn is nobody's), and `line: [manager, ...]`
+/// the managers waiting after it, in arrival order.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LineView {
+    /// When the live hold ends, or `None` if the resource is free.
+    pub(crate) held_until: Option<SystemTime>,
+    /// The manager whose turn is live, and until when (server time).
+    pub(crate) turn: Option<(String, SystemTime)>,
+    pub(crate) line: Vec<String>,
+}
+
+impl LineView {
+    fn read(stored: &Document, now: SystemTime) -> Result<Self, LockError> {
+        let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
+        let shared = stored
+            .get_document("shared")
+            .ok()
+            .and_then(|shared| match shared.get("count") {
+                Some(Bson::Int32(n)) => Some(i64::from(*n)),
+                Some(Bson::Int64(n)) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let held_until = if shared > 0 {
+            // square/mongo-lock's shared holders: no exclusive grant until they leave, and
+            // their leases are theirs to keep; ask again at the next probe.
+            Some(now + TURN_LIFE)
+        } else if exclusive.get_bool("acquired") == Ok(true) {
+            // A hold without an expiry (square/mongo-lock's, taken with no TTL) lives until
+            // released.
+            match read_date(exclusive, "expiresAt")? {
+                Some(at) if at <= now => None,
+                Some(at) => Some(at),
+                None => Some(now + Duration::from_secs(365 * 24 * 60 * 60)),
+            }
+        } else {
+            None
+        };
+        let turn = stored.get_document("turn").ok().and_then(|turn| {
+            let manager = turn.get_str("manager").ok()?;
+            let until = turn.get_i64("until").ok()?;
+            let until = DateTime::from_millis(until).to_system_time();
+            (!manager.is_empty() && until > now).then(|| (manager.to_owned(), until))
+        });
+        let line = stored
+            .get_array("line")
+            .map(|line| {
+                line.iter()
+                    .filter_map(|m| m.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(LineView {
+            held_until,
+            turn,
+            line,
+        })
+    }
+
+    /// Whether `manager` may be granted the resource now: it is free and nobody else's turn is
+    /// live.
+    pub(crate) fn grantable_to(&self, manager: &str) -> bool {
+        self.held_until.is_none() && self.turn.as_ref().is_none_or(|(m, _)| m == manager)
+    }
+
+    /// The first in line other than `manager`.
+    pub(crate) fn next_after(&self, manager: &str) -> Option<&str> {
+        self.line.iter().map(String::as_str).find(|m| *m != manager)
+    }
+}
+
+/// `now` in server-clock milliseconds, as `turn.until` stores it.
+fn millis(now: SystemTime) -> i64 {
+    DateTime::from_system_time(now).timestamp_millis()
+}
+
+/// The condition "the turn is nobody's": missing (a document no manager has lined up for), or
+/// lapsed (nobody's is written as lapsed long ago). Inside an `$and` where it stands beside
+/// other conditions, for nx-27017's sake (see the grant).
+fn nobodys_turn(now: SystemTime) -> Document {
+    doc! { "$or": [
+        { "turn": { "$exists": false } },
+        { "turn.until": { "$lt": millis(now) } },
+    ] }
+}
+
+/// The `turn` sub-document: `to`'s turn for [`TURN_LIFE`], or nobody's.
+fn turn(to: Option<&str>, now: SystemTime) -> Document {
+    match to {
+        Some(manager) => doc! { "manager": manager, "until": millis(now + TURN_LIFE) },
+        None => doc! { "manager": "", "until": 0_i64 },
     }
 }
 

@@ -226,19 +226,40 @@ fn released() -> Document {
 /// nx-27017 renders a flat `{resource, $or, "shared.count"}` holding a date as SQL without
 /// parentheses (`resource AND acquired OR expired AND count`), which matches any expired hold of
 /// any resource. `resource` stays a top-level equality, so an upsert seeds it on both servers.
+///
+/// The second `$or` is the line of waiting managers: no other manager's turn is live (`turn` is
+/// missing, lapsed, or `manager`'s), unless this is a retry of the same grant. The tests below
+/// grant as [`MANAGER`], with no line.
 fn grant_filter(resource: &str, lock_id: &str, now: DateTime) -> Document {
+    grant_filter_of(MANAGER, resource, lock_id, now)
+}
+
+fn grant_filter_of(manager: &str, resource: &str, lock_id: &str, now: DateTime) -> Document {
     doc! {
         "resource": resource,
         "shared.count": 0,
-        "$and": [{
-            "$or": [
-                { "exclusive.acquired": false },
-                { "exclusive.expiresAt": { "$lt": now } },
-                { "exclusive.lockId": lock_id },
-            ],
-        }],
+        "$and": [
+            {
+                "$or": [
+                    { "exclusive.acquired": false },
+                    { "exclusive.expiresAt": { "$lt": now } },
+                    { "exclusive.lockId": lock_id },
+                ],
+            },
+            {
+                "$or": [
+                    { "turn": { "$exists": false } },
+                    { "turn.until": { "$lt": now.timestamp_millis() } },
+                    { "turn.manager": manager },
+                    { "exclusive.lockId": lock_id },
+                ],
+            },
+        ],
     }
 }
+
+/// The manager the pinned grants below are made as.
+const MANAGER: &str = "fidelity-manager";
 
 /// The flat spelling of the same filter (square/mongo-lock's), which the store avoids.
 fn flat_grant_filter(resource: &str, now: DateTime) -> Document {
@@ -253,13 +274,20 @@ fn flat_grant_filter(resource: &str, now: DateTime) -> Document {
 }
 
 /// The grant's update: the whole `exclusive` hold, no shared holders, and the fence raised.
+/// The turn goes to nobody (no line here) and the granted manager leaves the line.
 fn grant_update(lock_id: &str, now: DateTime, ttl_ms: i64) -> Document {
+    grant_update_of(MANAGER, lock_id, now, ttl_ms)
+}
+
+fn grant_update_of(manager: &str, lock_id: &str, now: DateTime, ttl_ms: i64) -> Document {
     doc! {
         "$set": {
             "exclusive": held(lock_id, now, ttl_ms),
             "shared": { "count": 0, "locks": [] },
+            "turn": { "manager": "", "until": 0_i64 },
         },
         "$inc": { "fence": 1_i64 },
+        "$pull": { "line": { "$in": [manager] } },
     }
 }
 
@@ -1328,10 +1356,16 @@ async fn the_store_sends_exactly_the_operations_pinned_here() {
         .and_then(|lt| lt.get_datetime("$lt").ok())
         .copied()
         .unwrap_or_else(|| panic!("the grant's query has no expiry branch: {query}"));
-    assert_eq!(query, &grant_filter(&resource, lock_id, now));
+    let in_line = query.get_array("$and").expect("$and")[1]
+        .as_document()
+        .and_then(|or| or.get_array("$or").ok())
+        .and_then(|branches| branches[2].as_document())
+        .and_then(|mine| mine.get_str("turn.manager").ok())
+        .unwrap_or_else(|| panic!("the grant's query has no turn branch: {query}"));
+    assert_eq!(query, &grant_filter_of(in_line, &resource, lock_id, now));
     assert_eq!(
         granting.get_document("update").expect("the grant's update"),
-        &grant_update(lock_id, now, ttl_ms)
+        &grant_update_of(in_line, lock_id, now, ttl_ms)
     );
     assert_eq!(granting.get_bool("upsert"), Ok(true), "{granting}");
     assert_eq!(granting.get_bool("new"), Ok(true), "{granting}");

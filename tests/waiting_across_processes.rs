@@ -413,10 +413,11 @@ async fn a_stream_that_keeps_failing_gives_way_to_probing_on_secantus() {
 }
 
 #[actix_rt::test]
-async fn a_lease_that_ends_wakes_the_waiter_without_an_event_on_secantus() {
+async fn a_lease_that_ends_wakes_the_waiter_without_an_event() {
     let streams = server_has_streams().await;
     // The holder never renews and nobody purges: its lease just ends, which the stream does not
-    // report. The waiter's fall-back pauses (12 s at first) and safety probe (8 min) are long.
+    // report. The waiter's fall-back pauses (12 s at first) and safety probe (8 min) are long:
+    // only the lease end it read from the line wakes it in time.
     let waiter_config = fast_config("expiry").acquire_retries(Duration::from_secs(120), 10);
     let holder_config = waiter_config.clone().ttl(Duration::from_secs(3));
     let holder = manager(&holder_config).await;
@@ -436,15 +437,14 @@ async fn a_lease_that_ends_wakes_the_waiter_without_an_event_on_secantus() {
         grant.granted_at >= held.expires_at,
         "granted before the lease ended"
     );
+    // nx-27017 compares dates by the whole second, so its takeover may come up to 1 s late.
+    assert!(
+        waited < Duration::from_secs(8),
+        "the waiter took {waited:?} for a 3 s lease, as if it had waited for a probe"
+    );
     if streams {
-        assert!(
-            waited < Duration::from_secs(8),
-            "the waiter took {waited:?} for a 3 s lease, as if it had waited for a probe"
-        );
         assert_eq!(monitor.streams_opened(), 1, "the stream was open meanwhile");
     } else {
-        // Without a stream the waiter learns of the end at its next probe, 12 s or more in.
-        assert!(waited >= Duration::from_secs(8), "{waited:?}");
         assert!(monitor.stream_attempts().is_empty());
     }
 }

@@ -50,28 +50,33 @@ impl Core {
         ttl: Duration,
     ) -> Result<Option<LockGrant>, LockError> {
         let sent = std::time::Instant::now();
-        let grant = self
+        let pass_to = self.next_in_line(resource);
+        let answer = self
             .store
-            .grant(resource, lock_id, self.clock.now(), ttl)
+            .grant(
+                resource,
+                lock_id,
+                self.clock.now(),
+                ttl,
+                &self.in_line(&pass_to),
+            )
             .await?;
-        if let Some(grant) = &grant {
-            if grant.expires_at <= self.clock.now() {
-                // The answer came after the lease it grants had ended (a stalled server): the
-                // resource may be someone else's already. Not a grant; the caller releases it.
-                return Err(LockError::Unavailable {
-                    waited: sent.elapsed(),
-                    last_error: "the grant arrived after its lease had ended".to_owned(),
-                });
-            }
+        let Some((grant, line)) = answer else {
+            tracing::trace!("held by someone else");
+            return Ok(None);
+        };
+        if grant.expires_at <= self.clock.now() {
+            // The answer came after the lease it grants had ended (a stalled server): the
+            // resource may be someone else's already. Not a grant; the caller releases it.
+            return Err(LockError::Unavailable {
+                waited: sent.elapsed(),
+                last_error: "the grant arrived after its lease had ended".to_owned(),
+            });
         }
-        match &grant {
-            Some(grant) => {
-                self.holds.insert(grant, ttl);
-                tracing::debug!(fence = grant.fence, "granted");
-            }
-            None => tracing::trace!("held by someone else"),
-        }
-        Ok(grant)
+        self.holds.insert(&grant, ttl);
+        tracing::debug!(fence = grant.fence, "granted");
+        self.after_grant(resource, line).await;
+        Ok(Some(grant))
     }
 
     /// Hands a grant to its caller (starting its keep-alive if asked), or releases it at once

@@ -10,6 +10,7 @@
 //! - `wait.rs`: the `Acquire` wait and its two pollings;
 //! - `watch.rs`: waiting for a resource held elsewhere: the release stream, the
 //!   [`Polling::Adaptive`] fall-back pauses;
+//! - `line.rs`: the line of waiting managers, which serves them in turn across processes;
 //! - `release.rs`: `Unlock`, every end of a local hold, releasing grants nobody was given;
 //! - `lease.rs`: `Renew` and keep-alive.
 //!
@@ -17,6 +18,7 @@
 
 mod grant;
 mod lease;
+mod line;
 mod release;
 mod wait;
 mod watch;
@@ -37,6 +39,7 @@ use crate::messages::{CloseReport, HoldStatus, ResourceId};
 use crate::purger::{Purged, Purger, StopPurger};
 use crate::store::MongoStore;
 
+use self::line::Lines;
 use self::watch::ReleaseWatch;
 
 /// The state every message's future shares.
@@ -47,6 +50,7 @@ pub(crate) struct Core {
     drain: Rc<Drain>,
     holds: LocalHolds,
     waiters: Rc<LocalWaiters>,
+    lines: Lines,
     release_watch: Rc<ReleaseWatch>,
     /// What the drain did, for every `Close`'s answer.
     close_report: Cell<CloseReport>,
@@ -74,6 +78,7 @@ impl Core {
             drain,
             holds: LocalHolds::default(),
             waiters,
+            lines: Lines::new(),
             release_watch,
             close_report: Cell::default(),
         }))

@@ -75,6 +75,7 @@ impl Core {
                 },
             },
         };
+        self.leave_line_if_unwaited(&wait.resource).await;
         self.release_if_uncertain(wait.lock_id, ttl, wait.uncertain.get());
         Err(result)
     }
@@ -94,20 +95,25 @@ impl Core {
         }
     }
 
-    /// Waits in this manager's queue for the resource: only the head probes the database; while
-    /// this manager itself holds the resource, only every [`SAFETY_PROBE`] (a release here wakes
-    /// the head at once, but a release through another manager, by a lock id handed there, is
-    /// seen only by asking). Every probe after the first counts as a retry.
+    /// Waits in this manager's queue for the resource: only the head probes the database;
+    /// while this manager itself holds the resource, only every [`SAFETY_PROBE`] (a release here
+    /// wakes the head at once, but a release through another manager, by a lock id handed there,
+    /// is seen only by asking). For a resource held elsewhere the head also keeps this manager's
+    /// place in the resource's line (`line.rs`, `watch.rs`): woken by a release it tries at
+    /// once; woken by its timer it looks at the line first, and tries only if the resource is
+    /// free and its turn (or nobody's). Every probe after the first counts as a retry.
     async fn acquire_adaptive(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
         // Take a place in line before the first probe, so arrival order is grant order.
         let place = self.waiters.join(&wait.resource);
         let mut remote = RemoteWait::new(self.config.acquire_period);
         let mut probed = false;
         let mut safety_probe_at = Instant::now() + SAFETY_PROBE;
+        // Whether the head's next probe is a grant attempt, or a look at the line first.
+        let mut try_next = true;
         loop {
             let held_here = self.holds.live_lease(&wait.resource, self.clock.now());
             let due = held_here.is_none() || Instant::now() >= safety_probe_at;
-            if place.is_head() && due {
+            if place.is_head() && due && (try_next || held_here.is_some()) {
                 if probed {
                     wait.count_retry();
                 }
@@ -119,6 +125,7 @@ impl Core {
                     return Ok(grant);
                 }
             }
+            let held_here = self.holds.live_lease(&wait.resource, self.clock.now());
             let pause = match held_here {
                 // Held through this manager: its Unlock wakes us; otherwise its lease ends, or
                 // the safety probe finds it released elsewhere.
@@ -129,7 +136,8 @@ impl Core {
                 None if place.is_head() => self.remote_pause(&wait.resource, &mut remote).await,
                 None => wait.remaining(),
             };
-            self.pause(pause, Some(&place), wait).await?;
+            let woken = self.pause(pause, Some(&place), wait).await?;
+            try_next = woken == Woken::Told || remote.looks_grantable();
         }
     }
 
@@ -176,7 +184,7 @@ impl Core {
         pause: Duration,
         place: Option<&Place>,
         wait: &Wait<'_>,
-    ) -> Result<(), WaitEnd> {
+    ) -> Result<Woken, WaitEnd> {
         let remaining = wait.remaining();
         if remaining.is_zero() {
             return Err(WaitEnd::OutOfTime);
@@ -189,9 +197,9 @@ impl Core {
         };
         tokio::select! {
             () = tokio::time::sleep(pause.min(remaining)) => {
-                if pause >= remaining { Err(WaitEnd::OutOfTime) } else { Ok(()) }
+                if pause >= remaining { Err(WaitEnd::OutOfTime) } else { Ok(Woken::Timer) }
             }
-            () = woken => Ok(()),
+            told_to_try = woken => Ok(if told_to_try { Woken::Told } else { Woken::Timer }),
             () = self.drain.granting_ended() => Err(WaitEnd::Error(LockError::Closing)),
             () = wait.caller.gone() => Err(WaitEnd::Error(LockError::Closing)),
         }
@@ -241,6 +249,14 @@ impl Wait<'_> {
     fn count_retry(&self) {
         self.retries.set(self.retries.get() + 1);
     }
+}
+
+/// How a pause ended: its time was up (or the waiter was told to look again), or it was told to
+/// try (a release here or in the release stream, or it became the head of the local queue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Woken {
+    Timer,
+    Told,
 }
 
 /// Why a wait ended without a grant.

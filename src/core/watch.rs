@@ -21,7 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use mongodb::change_stream::event::ResumeToken;
 use tokio::sync::Notify;
@@ -40,6 +40,10 @@ const SAFETY_PROBE: Duration = Duration::from_secs(1);
 /// A probe right after the holder's lease ends must find it ended: the grant's "expired" test is
 /// a strict `$lt`, so the waiter wakes just after the stored instant.
 const AFTER_EXPIRY: Duration = Duration::from_millis(5);
+/// The longest pause after an attempt that the line said would be granted and was refused: the
+/// hold's end as read and the server's verdict can differ briefly (nx-27017 compares dates by
+/// the whole second), so the waiter looks again soon, if no sooner than its fall-back pause.
+const LOOK_AGAIN: Duration = Duration::from_millis(250);
 /// Consecutive failures to open or keep a stream before waiters fall back to probing.
 const FAILURES_BEFORE_FALLBACK: u32 = 3;
 /// A stream that ran this long before failing counts as having worked.
@@ -273,10 +277,12 @@ impl ReleaseWatch {
         self.watched.borrow().is_empty()
     }
 
+    /// Tells the heads of every watched resource to look again (a release may have gone
+    /// unseen while no stream was open).
     fn wake_watched(&self) {
         let resources: Vec<ResourceId> = self.watched.borrow().keys().cloned().collect();
         for resource in &resources {
-            self.waiters.wake_head(resource);
+            self.waiters.nudge_head(resource);
         }
     }
 }
@@ -306,10 +312,10 @@ impl Drop for Watching {
 }
 
 /// How the head of a local queue waits for a resource held elsewhere: its interest in the
-/// release stream, when the holder's lease ends as last read, and its fall-back pauses.
+/// release stream, whether the line last looked grantable to it, and its fall-back pauses.
 pub(super) struct RemoteWait {
     watching: Option<Watching>,
-    expires_at: Option<SystemTime>,
+    grantable: bool,
     backoff: Backoff,
     safety_probe: Duration,
 }
@@ -318,19 +324,27 @@ impl RemoteWait {
     pub(super) fn new(acquire_period: Duration) -> Self {
         RemoteWait {
             watching: None,
-            expires_at: None,
+            grantable: false,
             backoff: Backoff::new(acquire_period),
             safety_probe: SAFETY_PROBE.max(acquire_period.saturating_mul(4)),
         }
     }
+
+    /// Whether the last look at the line found the resource free and nobody else's turn: then
+    /// the next probe is a grant attempt.
+    pub(super) fn looks_grantable(&self) -> bool {
+        self.grantable
+    }
 }
 
 impl Core {
-    /// After a refused probe of a resource held elsewhere: how long to wait before the next
-    /// probe. With the stream working, until the holder's lease ends or the safety probe,
-    /// whichever is first (a release wakes the waiter sooner); without, the next fall-back
-    /// pause. Reads the holder's lease end when it is not known or has passed (renewed, or a
-    /// new holder), once per holder.
+    /// After a refused attempt, or when a pause ends by its timer, for a resource held
+    /// elsewhere: takes or keeps this manager's place in the resource's line (renewing its turn
+    /// if it has it; `line.rs`), and answers how long to wait before the next probe. Zero if the
+    /// resource is free and the turn is nobody else's. With the stream working, until the
+    /// holder's lease ends (an expiry produces no event) or another manager's turn lapses, or
+    /// the safety probe, whichever is first: a release wakes the waiter sooner. Without, the
+    /// next fall-back pause, and the look at the line is the probe.
     pub(super) async fn remote_pause(
         &self,
         resource: &ResourceId,
@@ -339,25 +353,46 @@ impl Core {
         if wait.watching.is_none() {
             wait.watching = Some(self.release_watch.watch(resource));
         }
-        if !self.release_watch.streaming() {
-            return wait.backoff.next_pause();
-        }
-        let now = self.clock.now();
-        if wait.expires_at.is_none_or(|at| at <= now) {
-            wait.expires_at = match self.store.expiry(resource).await {
-                Ok(expires_at) => expires_at,
-                Err(e) => {
-                    tracing::debug!(error = %e, "could not read the holder's lease");
-                    None
-                }
+        // An attempt made because the line looked grantable was refused (a server that
+        // compares dates by the whole second, a grant elsewhere in between): the next one waits
+        // a fall-back pause, so a line that keeps looking grantable is not probed in a loop.
+        let refused_when_grantable = std::mem::take(&mut wait.grantable);
+        let view = match self.visit_line(resource).await {
+            Ok(Some(view)) => view,
+            // No document: nothing holds the resource.
+            Ok(None) if !refused_when_grantable => {
+                wait.grantable = true;
+                return Duration::ZERO;
+            }
+            Ok(None) => {
+                wait.grantable = true;
+                return wait.backoff.next_pause().min(LOOK_AGAIN);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not look at the line");
+                return wait.backoff.next_pause().min(wait.safety_probe);
+            }
+        };
+        if view.grantable_to(self.lines.manager()) {
+            wait.grantable = true;
+            return if refused_when_grantable {
+                wait.backoff.next_pause().min(LOOK_AGAIN)
+            } else {
+                Duration::ZERO
             };
         }
-        match wait.expires_at {
-            Some(at) if at > now => (self.clock.until(at) + AFTER_EXPIRY).min(wait.safety_probe),
-            // Released or ended meanwhile: probe again soon.
-            Some(_) => Duration::ZERO,
-            None => wait.backoff.next_pause().min(wait.safety_probe),
-        }
+        let ends = view
+            .held_until
+            .or(view.turn.as_ref().map(|(_, until)| *until));
+        let until_end = ends.map(|at| self.clock.until(at) + AFTER_EXPIRY);
+        let pause = if self.release_watch.streaming() {
+            until_end
+                .unwrap_or(wait.safety_probe)
+                .min(wait.safety_probe)
+        } else {
+            wait.backoff.next_pause()
+        };
+        pause.min(until_end.unwrap_or(Duration::MAX))
     }
 }
 

@@ -1,0 +1,176 @@
+//! Served in turn across processes: the line of waiting managers.
+//!
+//! Inside one manager, waiters are served in arrival order (`local.rs`). Across managers, a
+//! release used to go to whichever manager asked first, and that was nearly always the
+//! releasing manager's own next waiter, woken at once, while a waiter in another process
+//! learned of the release a round trip later: one process could keep a resource for as long
+//! as it had waiters. So managers line up in the resource's document (the store's
+//! [`LineView`]): a manager whose waiter was refused takes one place at the end of the line,
+//! whatever the number of its waiters; the first in line gets the turn, and while a turn is
+//! live no other manager is granted the resource. A grant ends the granted manager's turn and
+//! place, and hands the turn to the next in line, so while k managers wait, each is granted
+//! within k grants. The turn holder renews its turn at every safety probe; a turn not renewed
+//! lapses after [`TURN_LIFE`](crate::store::TURN_LIFE) (a killed process), and then anyone may
+//! be granted and the turn goes on down the line.
+//!
+//! Every manager here is one place: order inside it is the local queue's. Go clients and
+//! [`Polling::Fixed`](crate::Polling::Fixed) waits take no place; Go clients, which know
+//! nothing of the line, may also be granted out of turn.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::error::LockError;
+use crate::messages::ResourceId;
+use crate::store::{InLine, LineView};
+
+use super::Core;
+
+/// This manager's places in lines, and what it last saw of each line.
+#[derive(Debug)]
+pub(crate) struct Lines {
+    /// This manager's name in every line: unique per manager.
+    manager: String,
+    /// The lines seen here, by resource, as last seen; kept while this manager has a place
+    /// in them or waiters for them.
+    seen: RefCell<HashMap<ResourceId, LineView>>,
+}
+
+impl Lines {
+    pub(crate) fn new() -> Self {
+        Lines {
+            manager: uuid::Uuid::new_v4().simple().to_string(),
+            seen: RefCell::default(),
+        }
+    }
+
+    pub(crate) fn manager(&self) -> &str {
+        &self.manager
+    }
+
+    /// The next manager in `resource`'s line after this one, as last seen.
+    fn next(&self, resource: &ResourceId) -> Option<String> {
+        self.seen
+            .borrow()
+            .get(resource)
+            .and_then(|view| view.next_after(&self.manager).map(str::to_owned))
+    }
+
+    fn has_turn(&self, resource: &ResourceId) -> bool {
+        self.seen
+            .borrow()
+            .get(resource)
+            .and_then(|view| view.turn.as_ref())
+            .is_some_and(|(manager, _)| *manager == self.manager)
+    }
+
+    fn is_in_line(&self, resource: &ResourceId) -> bool {
+        self.seen.borrow().get(resource).is_some_and(|view| {
+            view.line.contains(&self.manager)
+                || view
+                    .turn
+                    .as_ref()
+                    .is_some_and(|(manager, _)| *manager == self.manager)
+        })
+    }
+}
+
+impl Core {
+    /// Who a grant of `resource` is for, in its line: this manager, and the manager to hand
+    /// the turn to (`pass_to`: the next in line, as last seen here, from [`Core::next_in_line`]).
+    pub(super) fn in_line<'a>(&'a self, pass_to: &'a Option<String>) -> InLine<'a> {
+        InLine {
+            manager: self.lines.manager(),
+            pass_to: pass_to.as_deref(),
+        }
+    }
+
+    /// The next in `resource`'s line after this manager, as last seen here.
+    pub(super) fn next_in_line(&self, resource: &ResourceId) -> Option<String> {
+        self.lines.next(resource)
+    }
+
+    /// After a grant here: the line as the grant left it. If managers wait in line and the turn
+    /// went to nobody (the line grew since this manager last saw it), the turn goes to the first
+    /// of them now, before the grant is handed over: otherwise this manager's next waiter would
+    /// be granted again at the release, ahead of them. A failure here costs only the order.
+    pub(super) async fn after_grant(&self, resource: &ResourceId, view: LineView) {
+        let view = self.settle(resource, view).await;
+        if self.waiters.is_waited(resource) {
+            self.lines.seen.borrow_mut().insert(resource.clone(), view);
+        } else {
+            self.lines.seen.borrow_mut().remove(resource);
+        }
+    }
+
+    /// Takes (or keeps) this manager's place in `resource`'s line, renewing its turn if it has
+    /// it, and answers the line and the hold as they stand (`None`: the resource has no
+    /// document, so it is free).
+    pub(super) async fn visit_line(
+        &self,
+        resource: &ResourceId,
+    ) -> Result<Option<LineView>, LockError> {
+        let has_turn = self.lines.has_turn(resource);
+        let Some(view) = self
+            .store
+            .join_line(resource, self.lines.manager(), has_turn, self.clock.now())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let view = self.settle(resource, view).await;
+        self.lines
+            .seen
+            .borrow_mut()
+            .insert(resource.clone(), view.clone());
+        Ok(Some(view))
+    }
+
+    /// A line whose turn is nobody's while managers wait in it gives the turn to its first.
+    async fn settle(&self, resource: &ResourceId, view: LineView) -> LineView {
+        let Some(first) = view.line.first().filter(|_| view.turn.is_none()) else {
+            return view;
+        };
+        match self
+            .store
+            .pass_turn(resource, first, self.clock.now())
+            .await
+        {
+            Ok(Some(passed)) => passed,
+            // Someone else settled it first: their turn is live, for all this manager knows.
+            Ok(None) => view,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not pass the turn on");
+                view
+            }
+        }
+    }
+
+    /// After a wait here ended without a grant: if it was the last wait here for `resource`
+    /// and this manager has a place in its line, leaves the line (handing its turn on, if it
+    /// has it). One request, within `request_timeout`; if it fails, the place is skipped when
+    /// its turn comes, and a turn lapses on its own.
+    pub(super) async fn leave_line_if_unwaited(&self, resource: &ResourceId) {
+        if self.waiters.is_waited(resource) {
+            return;
+        }
+        let in_line = self.lines.is_in_line(resource);
+        let next = self.lines.next(resource);
+        self.lines.seen.borrow_mut().remove(resource);
+        if !in_line {
+            return;
+        }
+        let left = self
+            .store
+            .leave_line(
+                resource,
+                self.lines.manager(),
+                next.as_deref(),
+                self.clock.now(),
+            )
+            .await;
+        if let Err(e) = left {
+            tracing::debug!(error = %e, "could not leave the line; the place will be skipped");
+        }
+    }
+}
