@@ -47,6 +47,7 @@ impl Core {
             uncertain: Cell::new(false),
             attempts: Cell::new(0),
             answered: Cell::new(false),
+            last_try_lost: Cell::new(false),
             last_error: RefCell::new(None),
         };
         let result = match msg.polling {
@@ -137,7 +138,10 @@ impl Core {
                 None => wait.remaining(),
             };
             let woken = self.pause(pause, Some(&place), wait).await?;
-            try_next = woken == Woken::Told || remote.looks_grantable();
+            // A try whose answer was lost is repeated as it was (the same lock id finds its own
+            // hold), not replaced by a look at the line, which would see the hold and wait.
+            try_next =
+                woken == Woken::Told || remote.looks_grantable() || wait.last_try_lost.get();
         }
     }
 
@@ -159,10 +163,12 @@ impl Core {
         match answer {
             Ok(Ok(grant)) => {
                 wait.answered.set(true);
+                wait.last_try_lost.set(false);
                 Ok(grant)
             }
             Ok(Err(e)) if e.outcome_unknown() => {
                 wait.uncertain.set(true);
+                wait.last_try_lost.set(true);
                 tracing::warn!(error = %e, "grant attempt failed; retrying within the wait budget");
                 *wait.last_error.borrow_mut() = Some(e.to_string());
                 Ok(None)
@@ -237,6 +243,9 @@ struct Wait<'a> {
     attempts: Cell<u32>,
     /// Whether any attempt was answered by the server (granted or refused).
     answered: Cell<bool>,
+    /// Whether the last attempt's answer was lost (a database error that leaves its outcome
+    /// unknown).
+    last_try_lost: Cell<bool>,
     /// The last database error an attempt met.
     last_error: RefCell<Option<String>>,
 }
