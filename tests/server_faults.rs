@@ -999,7 +999,8 @@ async fn lose_the_grant_reply(proxy: &FaultProxy, config: &LockConfig) -> (Strin
     (lock_id, fence)
 }
 
-/// The findAndModify commands a manager sent, as (txnNumber, how it ended).
+/// The grants (upsert `findAndModify` commands; a look at the line is not one) a manager sent,
+/// as (its retryable-write identity, how it ended).
 /// A write's identity in the server's retryable-write record: its session and txnNumber.
 type RetryKey = Option<(Option<String>, i64)>;
 
@@ -1007,6 +1008,7 @@ fn grants_sent(commands: &Commands) -> Vec<(RetryKey, Ended)> {
     commands
         .named("findAndModify")
         .into_iter()
+        .filter(|c| c.upsert)
         .map(|c| (c.retry_key(), c.ended))
         .collect()
 }

@@ -155,6 +155,8 @@ pub struct Sent {
     /// session and txnNumber together (a network error discards the session, so the next
     /// operation may reuse the txnNumber in a new one).
     pub session: Option<String>,
+    /// An upsert (a `findAndModify` that is a grant, not a look at the line).
+    pub upsert: bool,
     pub ended: Ended,
 }
 
@@ -190,11 +192,13 @@ impl Commands {
                     .ok()
                     .and_then(|lsid| lsid.get("id"))
                     .map(ToString::to_string);
+                let upsert = e.command.get_bool("upsert") == Ok(true);
                 sent.push(Sent {
                     name: e.command_name,
                     request_id: e.request_id,
                     txn_number,
                     session,
+                    upsert,
                     ended: Ended::Pending,
                 });
             }
