@@ -688,11 +688,16 @@ fn turns_of(workers: &[usize], seconds: u64) -> Turns {
                 .expect("start the turns child")
         })
         .collect();
+    // Every child's output is read at once: a child blocked on a full pipe would lose turns.
+    let readers: Vec<_> = children
+        .into_iter()
+        .map(|child| std::thread::spawn(move || child.wait_with_output()))
+        .collect();
     // (fence, process, granted_us) and (process, from_us, until_us).
     let (mut grants, mut waits) = (Vec::new(), Vec::new());
     let mut refused = 0;
-    for (process, child) in children.into_iter().enumerate() {
-        let output = child.wait_with_output().expect("child runs");
+    for (process, reader) in readers.into_iter().enumerate() {
+        let output = reader.join().expect("reader").expect("child runs");
         assert!(output.status.success(), "turns child failed: {output:?}");
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let us = |s: &str| s.parse::<u128>().unwrap();

@@ -1,7 +1,8 @@
 //! Runs `src/bin/lock-contender` processes and reads what they print.
 //!
-//! Each contender prints one `HOLD` line per hold it saw (see the binary's docs), an `ASK` line
-//! before each Acquire, a `REFUSED` line for each Acquire that ran out of time, and a last
+//! Each contender prints one `HOLD` line per hold it saw (see the binary's docs), a `REFUSED`
+//! line for each Acquire that ran out of time (and an `ASK` line before each Acquire if asked
+//! to: tests that need it read those lines themselves), and a last
 //! `DONE <process> <grants> <refusals>` line. [`ContenderRun::record`] feeds the holds into a
 //! [`History`], so holds seen by several processes are checked together.
 
@@ -77,8 +78,6 @@ pub struct RefusedLine {
 pub struct ContenderRun {
     pub holds: Vec<HoldLine>,
     pub refused: Vec<RefusedLine>,
-    /// From the `ASK` lines: (resource, Unix ms) of every Acquire sent.
-    pub asked: Vec<(String, u64)>,
     /// From the `DONE` line: grants and Acquires that ran out of retries.
     pub done: Option<(u64, u64)>,
     pub stderr: String,
@@ -115,12 +114,6 @@ impl ContenderRun {
                         released_ms: ms(replied),
                         outcome: outcome.to_owned(),
                     });
-                }
-                Some(&"ASK") => {
-                    let [_, _, resource, requested] = fields[..] else {
-                        panic!("malformed ASK line: {line}");
-                    };
-                    run.asked.push((resource.to_owned(), ms(requested)));
                 }
                 Some(&"REFUSED") => {
                     let [_, process, resource, requested, answered] = fields[..] else {
