@@ -7,17 +7,21 @@
 //! ```
 //!
 //! Rows: B (one raw findOneAndUpdate), uncontended Lock and Lock+Unlock, local hand-off
-//! (8 waiters in one manager), cross-process hand-off (2 managers in 2 processes, with the
-//! database requests a waiting manager makes per second; told by a change stream where the
-//! server has them, probing elsewhere), throughput on 1 and 1,000 resources
-//! against raw findOneAndUpdate throughput, the seed's fixed 250 ms polling for comparison, and
-//! resident memory per waiting Acquire. The cross-process rows start this binary again as a
-//! child (`--child NAME`).
+//! (8 waiters in one manager), cross-process hand-off (2 managers in 2 processes; told by a
+//! change stream where the server has them, probing elsewhere), the requests a manager sends
+//! per second while it waits for a resource held by another process (every command, by name,
+//! against the seed's fixed 250 ms polling), turns between two processes contending for one
+//! resource (the smaller process's share, the longest run of grants to one process while the
+//! other waited, and grants/s against the same workload in one process), throughput on 1 and
+//! 1,000 resources against raw findOneAndUpdate throughput, the seed's fixed 250 ms polling for
+//! comparison, and resident memory per waiting Acquire. The cross-process rows start this
+//! binary again as a child (`--child...`).
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::Addr;
@@ -37,15 +41,22 @@ fn uri() -> String {
         .expect("MONGODB_URI is not set: run `scripts/with-mongo cargo bench --bench lock_bench`")
 }
 
-/// A client that counts the findAndModify commands it sends.
-async fn counting_client(counter: Arc<AtomicU64>) -> Client {
+/// Commands sent, by name.
+type Commands = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// A client that counts, by name, every command it sends while `counting` is set, except the
+/// handshakes and session clean-up the driver sends on its own (`hello`, `isMaster`,
+/// `endSessions`).
+async fn counting_client(commands: Commands, counting: Arc<AtomicBool>) -> Client {
     let mut options = ClientOptions::parse(uri())
         .await
         .expect("MONGODB_URI parses");
     options.command_event_handler = Some(EventHandler::callback(move |event| {
         if let CommandEvent::Started(started) = event {
-            if started.command_name == "findAndModify" {
-                counter.fetch_add(1, Ordering::Relaxed);
+            let name = started.command_name.as_str();
+            let own = matches!(name, "hello" | "isMaster" | "ismaster" | "endSessions");
+            if counting.load(Ordering::Relaxed) && !own {
+                *commands.lock().unwrap().entry(name.to_owned()).or_insert(0) += 1;
             }
         }
     }));
@@ -65,8 +76,12 @@ fn config(name: &str) -> LockConfig {
         .ttl(Duration::from_secs(30))
 }
 
-async fn start(config: &LockConfig, counter: Arc<AtomicU64>) -> Addr<LockManager> {
-    LockManager::with_client(counting_client(counter).await, config.clone())
+async fn start(config: &LockConfig) -> Addr<LockManager> {
+    start_with(Client::with_uri_str(uri()).await.expect("client"), config).await
+}
+
+async fn start_with(client: Client, config: &LockConfig) -> Addr<LockManager> {
+    LockManager::with_client(client, config.clone())
         .await
         .expect("start a lock manager")
 }
@@ -91,6 +106,8 @@ struct Row {
     unit: &'static str,
     baseline: Option<(f64, &'static str)>,
     target: String,
+    /// Commands by name, for the rows that count them.
+    commands: BTreeMap<String, u64>,
 }
 
 impl Row {
@@ -117,9 +134,18 @@ impl Table {
             unit,
             baseline,
             target: target.to_owned(),
+            commands: BTreeMap::new(),
         };
         eprintln!("  {:<58} {:>10.3} {}", row.name, row.value, row.unit);
         self.0.push(row);
+    }
+
+    /// Attaches the commands counted to the last row (in the JSON, and printed below the table).
+    fn commands(&mut self, commands: BTreeMap<String, u64>) {
+        eprintln!("    commands: {commands:?}");
+        if let Some(row) = self.0.last_mut() {
+            row.commands = commands;
+        }
     }
 
     fn print(&self) {
@@ -135,6 +161,9 @@ impl Table {
                 row.name, row.value, row.unit, baseline, ratio, row.target
             );
         }
+        for row in self.0.iter().filter(|row| !row.commands.is_empty()) {
+            println!("\n{}: commands {:?}", row.name, row.commands);
+        }
     }
 
     fn json(&self) -> String {
@@ -146,8 +175,18 @@ impl Table {
                     (Some((b, name)), Some(r)) => (format!("{b}, \"baseline_name\": \"{name}\""), format!("{r}")),
                     _ => ("null".to_owned(), "null".to_owned()),
                 };
+                let commands = if row.commands.is_empty() {
+                    String::new()
+                } else {
+                    let named: Vec<String> = row
+                        .commands
+                        .iter()
+                        .map(|(name, count)| format!("\"{name}\": {count}"))
+                        .collect();
+                    format!(", \"commands\": {{{}}}", named.join(", "))
+                };
                 format!(
-                    "  {{\"measure\": \"{}\", \"value\": {}, \"unit\": \"{}\", \"baseline\": {baseline}, \"ratio\": {ratio}, \"target\": \"{}\"}}",
+                    "  {{\"measure\": \"{}\", \"value\": {}, \"unit\": \"{}\", \"baseline\": {baseline}, \"ratio\": {ratio}, \"target\": \"{}\"{commands}}}",
                     row.name, row.value, row.unit, row.target
                 )
             })
@@ -367,7 +406,7 @@ fn resident_bytes() -> u64 {
 /// Resident growth per waiting Acquire, over `count` of them on one held resource.
 async fn memory_per_waiter(count: usize) -> f64 {
     let config = config("memory");
-    let manager = start(&config, Arc::default()).await;
+    let manager = start(&config).await;
     manager
         .send(Lock::new("held"))
         .await
@@ -399,17 +438,15 @@ async fn memory_per_waiter(count: usize) -> f64 {
     after.saturating_sub(before) as f64 / count as f64
 }
 
-/// The child of the cross-process rows: one worker taking turns on `resource` for `seconds`
-/// (hold 100 ms, then wait until the other process holds it), printing `GRANT <unix_us> <waited_us>` and
-/// `RELEASE <unix_us>` lines and, at the end,
-/// `PROBES <findAndModify commands> <grants> <waiting_us>`.
+/// The child of the cross-process hand-off rows: one worker taking turns on `resource` for
+/// `seconds` (hold 100 ms, then wait until the other process holds it), printing
+/// `GRANT <unix_us> <waited_us>` and `RELEASE <unix_us>` lines.
 async fn child(family_name: String, polling: Polling, seconds: u64) {
-    let probes = Arc::new(AtomicU64::new(0));
     let config = LockConfig::new(family_name)
         .database(DATABASE)
         .owner(format!("bench-child-{}", std::process::id()))
         .ttl(Duration::from_secs(30));
-    let manager = start(&config, Arc::clone(&probes)).await;
+    let manager = start(&config).await;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let unix_us = || {
         SystemTime::now()
@@ -417,7 +454,6 @@ async fn child(family_name: String, polling: Polling, seconds: u64) {
             .unwrap()
             .as_micros()
     };
-    let (mut grants, mut waiting) = (0u64, Duration::ZERO);
     while Instant::now() < deadline {
         let mut request = Acquire::new("cross").timeout(Duration::from_secs(10));
         request.polling = polling;
@@ -426,8 +462,6 @@ async fn child(family_name: String, polling: Polling, seconds: u64) {
             continue;
         };
         let waited = asked.elapsed();
-        waiting += waited;
-        grants += 1;
         println!("GRANT {} {}", unix_us(), waited.as_micros());
         actix_rt::time::sleep(Duration::from_millis(100)).await;
         manager
@@ -450,18 +484,11 @@ async fn child(family_name: String, polling: Polling, seconds: u64) {
         }
     }
     manager.send(Close).await.expect("Close");
-    println!(
-        "PROBES {} {} {}",
-        probes.load(Ordering::Relaxed),
-        grants,
-        waiting.as_micros()
-    );
 }
 
 /// Cross-process hand-off: two children alternate on one resource. Returns the hand-off times
-/// (from one process's release to the other's grant) and the probes per second a waiting
-/// manager made (findAndModify commands beyond its grants, per second spent waiting).
-fn cross_process(polling: Polling, seconds: u64) -> (Vec<Duration>, f64) {
+/// (from one process's release to the other's grant).
+fn cross_process(polling: Polling, seconds: u64) -> Vec<Duration> {
     let family_name = family("cross");
     let exe = std::env::current_exe().expect("the bench binary");
     let polling_name = if polling == Polling::Fixed {
@@ -479,7 +506,6 @@ fn cross_process(polling: Polling, seconds: u64) -> (Vec<Duration>, f64) {
         })
         .collect();
     let mut events = Vec::new(); // (unix_us, process, asked_us for a grant)
-    let (mut wasted, mut waiting_us) = (0u64, 0u64);
     for (process, child) in children.into_iter().enumerate() {
         let output = child.wait_with_output().expect("child runs");
         assert!(output.status.success(), "child failed: {output:?}");
@@ -491,10 +517,6 @@ fn cross_process(polling: Polling, seconds: u64) -> (Vec<Duration>, f64) {
                     events.push((at, process, Some(at - waited.parse::<u128>().unwrap())));
                 }
                 ["RELEASE", at] => events.push((at.parse::<u128>().unwrap(), process, None)),
-                ["PROBES", probes, grants, waited] => {
-                    wasted += probes.parse::<u64>().unwrap() - grants.parse::<u64>().unwrap();
-                    waiting_us += waited.parse::<u64>().unwrap();
-                }
                 _ => {}
             }
         }
@@ -512,9 +534,215 @@ fn cross_process(polling: Polling, seconds: u64) -> (Vec<Duration>, f64) {
             _ => {}
         }
     }
-    // Each process waits in turn; probes per second of one manager's waiting.
-    let per_second = wasted as f64 / (waiting_us as f64 / 1e6).max(1e-9);
-    (hand_offs, per_second)
+    hand_offs
+}
+
+/// The child of the waiting-requests row: waits `seconds` for "held" (held by the parent),
+/// counting every command its client sends meanwhile; prints `WAITED <us>` and one
+/// `COMMAND <name> <count>` line per command name.
+async fn waiting_child(family_name: String, polling: Polling, seconds: u64) {
+    let commands = Commands::default();
+    let counting = Arc::new(AtomicBool::new(false));
+    let config = LockConfig::new(family_name)
+        .database(DATABASE)
+        .owner(format!("bench-waiter-{}", std::process::id()));
+    let client = counting_client(Arc::clone(&commands), Arc::clone(&counting)).await;
+    let manager = start_with(client, &config).await;
+    // The start-up work (index, first purge) is not waiting: let it finish uncounted.
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    counting.store(true, Ordering::Relaxed);
+    let mut request = Acquire::new("held").timeout(Duration::from_secs(seconds));
+    request.polling = polling;
+    let asked = Instant::now();
+    let answer = manager.send(request).await.unwrap();
+    let waited = asked.elapsed();
+    counting.store(false, Ordering::Relaxed);
+    assert!(
+        matches!(answer, Err(LockError::AcquireTimeout { .. })),
+        "the waiter's Acquire answered {answer:?}"
+    );
+    manager.send(Close).await.expect("Close");
+    println!("WAITED {}", waited.as_micros());
+    for (name, count) in commands.lock().unwrap().iter() {
+        println!("COMMAND {name} {count}");
+    }
+}
+
+/// Holds a resource here while a child process waits `seconds` for it: the commands the
+/// child's manager sent per second of waiting, and those commands by name.
+async fn waiting_requests(polling: Polling, seconds: u64) -> (f64, BTreeMap<String, u64>) {
+    let config = config("waiting");
+    let holder = start(&config).await;
+    let grant = holder
+        .send(Lock::new("held"))
+        .await
+        .unwrap()
+        .expect("hold the resource");
+    let polling_name = if polling == Polling::Fixed {
+        "fixed"
+    } else {
+        "adaptive"
+    };
+    let exe = std::env::current_exe().expect("the bench binary");
+    let child = std::process::Command::new(exe)
+        .args(["--child-wait", &config.name, polling_name])
+        .arg(seconds.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the waiting child");
+    let output = actix_rt::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("wait for the child")
+        .expect("the child runs");
+    assert!(output.status.success(), "waiting child failed: {output:?}");
+    holder
+        .send(Unlock::new(grant.lock_id))
+        .await
+        .unwrap()
+        .expect("Unlock");
+    let (mut waited_us, mut commands) = (0u64, BTreeMap::new());
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["WAITED", us] => waited_us = us.parse().unwrap(),
+            ["COMMAND", name, count] => {
+                commands.insert(name.to_owned(), count.parse::<u64>().unwrap());
+            }
+            _ => {}
+        }
+    }
+    let total: u64 = commands.values().sum();
+    (total as f64 / (waited_us as f64 / 1e6).max(1e-9), commands)
+}
+
+/// The child of the turns rows: `workers` loops of Acquire, 5 ms hold, Unlock on one resource
+/// for `seconds`, printing `GRANT <fence> <requested_us> <granted_us>` and
+/// `REFUSED <requested_us> <answered_us>` lines.
+async fn turns_child(family_name: String, workers: usize, seconds: u64) {
+    let config = LockConfig::new(family_name)
+        .database(DATABASE)
+        .owner(format!("bench-turns-{}", std::process::id()))
+        .ttl(Duration::from_secs(30));
+    let manager = start(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let unix_us = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    };
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let manager = manager.clone();
+        handles.push(actix_rt::spawn(async move {
+            while Instant::now() < deadline {
+                let requested = unix_us();
+                let answer = manager
+                    .send(Acquire::new("turns").timeout(Duration::from_secs(10)))
+                    .await
+                    .unwrap();
+                let Ok(grant) = answer else {
+                    println!("REFUSED {requested} {}", unix_us());
+                    continue;
+                };
+                println!("GRANT {} {requested} {}", grant.fence, unix_us());
+                actix_rt::time::sleep(Duration::from_millis(5)).await;
+                manager
+                    .send(Unlock::new(grant.lock_id))
+                    .await
+                    .unwrap()
+                    .expect("Unlock");
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("worker");
+    }
+    manager.send(Close).await.expect("Close");
+}
+
+/// What the turns rows report of one run.
+#[derive(Debug, Default)]
+struct Turns {
+    /// The smaller process's grants over all grants.
+    smaller_share: f64,
+    /// The most grants in a row to one process, each made while another process had an
+    /// Acquire sent at or before the grant and not yet answered.
+    longest_streak: usize,
+    per_second: f64,
+    refused: usize,
+}
+
+/// Runs one turns child per entry of `workers` (each its worker count) on one resource for
+/// `seconds`, and reads their turns.
+fn turns_of(workers: &[usize], seconds: u64) -> Turns {
+    let family_name = family("turns");
+    let exe = std::env::current_exe().expect("the bench binary");
+    let children: Vec<_> = workers
+        .iter()
+        .map(|workers| {
+            std::process::Command::new(&exe)
+                .args(["--child-turns", &family_name])
+                .args([workers.to_string(), seconds.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start the turns child")
+        })
+        .collect();
+    // Every child's output is read at once: a child blocked on a full pipe would lose turns.
+    let readers: Vec<_> = children
+        .into_iter()
+        .map(|child| std::thread::spawn(move || child.wait_with_output()))
+        .collect();
+    // (fence, process, granted_us) and (process, from_us, until_us).
+    let (mut grants, mut waits) = (Vec::new(), Vec::new());
+    let mut refused = 0;
+    for (process, reader) in readers.into_iter().enumerate() {
+        let output = reader.join().expect("reader").expect("child runs");
+        assert!(output.status.success(), "turns child failed: {output:?}");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let us = |s: &str| s.parse::<u128>().unwrap();
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["GRANT", fence, requested, granted] => {
+                    grants.push((fence.parse::<i64>().unwrap(), process, us(granted)));
+                    waits.push((process, us(requested), us(granted)));
+                }
+                ["REFUSED", requested, answered] => {
+                    refused += 1;
+                    waits.push((process, us(requested), us(answered)));
+                }
+                _ => {}
+            }
+        }
+    }
+    grants.sort();
+    let mut per_process = vec![0usize; workers.len()];
+    let (mut streak, mut longest_streak, mut previous) = (0, 0, None);
+    for &(_, process, granted) in &grants {
+        per_process[process] += 1;
+        let other_waiting = waits
+            .iter()
+            .any(|&(by, from, until)| by != process && from <= granted && until > granted);
+        streak = match (other_waiting, previous == Some(process)) {
+            (false, _) => 0,
+            (true, true) => streak + 1,
+            (true, false) => 1,
+        };
+        longest_streak = longest_streak.max(streak);
+        previous = Some(process);
+    }
+    Turns {
+        smaller_share: per_process.iter().copied().min().unwrap_or(0) as f64
+            / grants.len().max(1) as f64,
+        longest_streak,
+        per_second: grants.len() as f64 / seconds as f64,
+        refused,
+    }
+}
+
+/// Two processes of 4 workers each on one resource, then the same 8 workers in one process:
+/// the turns of the first, and the grants per second of both.
+fn fair_turns(seconds: u64) -> (Turns, Turns) {
+    (turns_of(&[4, 4], seconds), turns_of(&[8], seconds))
 }
 
 /// Runs [`memory_per_waiter`] in a fresh process, so earlier rows' heap does not hide growth.
@@ -538,13 +766,30 @@ async fn main() {
         println!("{}", memory_per_waiter(args[i + 1].parse().unwrap()).await);
         return;
     }
-    if let Some(i) = args.iter().position(|a| a == "--child") {
-        let polling = if args[i + 2] == "fixed" {
+    let polling_of = |name: &str| {
+        if name == "fixed" {
             Polling::Fixed
         } else {
             Polling::Adaptive
-        };
-        child(args[i + 1].clone(), polling, args[i + 3].parse().unwrap()).await;
+        }
+    };
+    if let Some(i) = args.iter().position(|a| a == "--child-wait") {
+        let seconds = args[i + 3].parse().unwrap();
+        waiting_child(args[i + 1].clone(), polling_of(&args[i + 2]), seconds).await;
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--child-turns") {
+        let (workers, seconds) = (args[i + 2].parse().unwrap(), args[i + 3].parse().unwrap());
+        turns_child(args[i + 1].clone(), workers, seconds).await;
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(
+            args[i + 1].clone(),
+            polling_of(&args[i + 2]),
+            args[i + 3].parse().unwrap(),
+        )
+        .await;
         return;
     }
     let quick = std::env::var("BENCH_QUICK").is_ok();
@@ -559,7 +804,7 @@ async fn main() {
     let raw_collection = raw
         .database(DATABASE)
         .collection::<Document>(&family("raw"));
-    let manager = start(&config("uncontended"), Arc::default()).await;
+    let manager = start(&config("uncontended")).await;
     let (b, lock, pair) = uncontended(&manager, &raw_collection, samples).await;
     let b = ms(b);
     table.add(
@@ -589,7 +834,7 @@ async fn main() {
         (Polling::Adaptive, "adaptive"),
         (Polling::Fixed, "seed fixed 250 ms"),
     ] {
-        let manager = start(&config("local"), Arc::default()).await;
+        let manager = start(&config("local")).await;
         let grants = if polling == Polling::Fixed {
             grants / 10
         } else {
@@ -637,13 +882,13 @@ async fn main() {
         (Polling::Adaptive, adaptive),
         (Polling::Fixed, "seed fixed 250 ms"),
     ] {
-        let (mut hand_offs, probes) = cross_process(polling, seconds);
+        let mut hand_offs = cross_process(polling, seconds);
         let p50 = ms(percentile(&mut hand_offs, 0.5));
         let p99 = ms(percentile(&mut hand_offs, 0.99));
-        let (target_p50, target_p99, target_probes) = match (polling, streams) {
-            (Polling::Adaptive, true) => ("<= 3", "<= 10", "<= 2"),
-            (Polling::Adaptive, false) => ("reported", "reported", "<= 4"),
-            (Polling::Fixed, _) => ("comparison", "", ""),
+        let (target_p50, target_p99) = match (polling, streams) {
+            (Polling::Adaptive, true) => ("<= 3", "<= 10"),
+            (Polling::Adaptive, false) => ("reported", "reported"),
+            (Polling::Fixed, _) => ("comparison", ""),
         };
         table.add(
             &format!(
@@ -662,14 +907,54 @@ async fn main() {
             Some((b, "B")),
             target_p99,
         );
-        table.add(
-            &format!("probes (findAndModify) per second per waiting manager ({label})"),
-            probes,
-            "req/s",
-            None,
-            target_probes,
-        );
     }
+
+    let wait = if quick { 5 } else { 10 };
+    let (fixed, _) = waiting_requests(Polling::Fixed, wait).await;
+    let (adaptive_rate, commands) = waiting_requests(Polling::Adaptive, wait).await;
+    table.add(
+        &format!(
+            "requests/s of a manager waiting {wait} s for a resource held by another process \
+             ({adaptive})"
+        ),
+        adaptive_rate,
+        "req/s",
+        Some((fixed, "seed fixed 250 ms")),
+        if streams { "<= 2 req/s" } else { "<= 4 req/s" },
+    );
+    table.commands(commands);
+
+    let fair_seconds = if quick { 8 } else { 20 };
+    let (two, one) = fair_turns(fair_seconds);
+    table.add(
+        &format!(
+            "two processes x 4 workers, 1 resource, {fair_seconds} s: smaller process's share"
+        ),
+        two.smaller_share * 100.0,
+        "%",
+        None,
+        "40-60 %",
+    );
+    table.add(
+        &format!(
+            "two processes x 4 workers, 1 resource, {fair_seconds} s: longest streak while the \
+             other waited"
+        ),
+        two.longest_streak as f64,
+        "grants",
+        None,
+        "<= 4",
+    );
+    table.add(
+        &format!(
+            "two processes x 4 workers, 1 resource, {fair_seconds} s: grants/s ({} refused)",
+            two.refused
+        ),
+        two.per_second,
+        "grants/s",
+        Some((one.per_second, "1 process x 8 workers")),
+        ">= 0.5",
+    );
 
     // Fresh resources first (each grant creates its document, plus the one-read check that it
     // is the only one), then, once every resource exists, the same resources again (the steady
@@ -683,7 +968,7 @@ async fn main() {
         raw_grant(&fresh, &format!("raw-{resource}")).await;
     }
     let raw_reused = raw_throughput(&fresh, 16, 1000, run).await;
-    let manager = start(&config("throughput"), Arc::default()).await;
+    let manager = start(&config("throughput")).await;
     let (one, lost_one) = lock_throughput(&manager, 16, 1, run).await;
     let (many_fresh, lost_fresh) = lock_throughput(&manager, 16, 1000, run).await;
     for resource in 0..1000 {

@@ -10,10 +10,19 @@
 //! ```
 //!
 //! with times in Unix milliseconds; the last line is `DONE <process> <grants> <refusals>`.
+//! For an Acquire that ran out of time a worker prints
+//! `REFUSED <process> <resource> <requested_ms> <answered_ms>`, so a checker knows who was
+//! waiting when (fairness); with `--ask-lines 1` it also prints
+//! `ASK <process> <resource> <requested_ms>` before each Acquire, so a test knows a worker is
+//! waiting (off by default: a reader that drains the output late must not see it fill sooner).
+
 //!
 //! ```text
 //! lock-contender --name soak --process p1 --workers 8 --resources 4 --seconds 10 [--ttl-ms 2000] [--hold-ms 5]
+//!                [--timeout-ms N] [--requests N] [--ask-lines 0|1]
 //! ```
+//! `--timeout-ms` is each Acquire's deadline (by default the configured retry budget, 2.5 s);
+//! `--requests` stops each worker after that many Acquires (by default only `--seconds` does).
 //! The server is `MONGODB_URI`.
 
 use std::cell::Cell;
@@ -26,7 +35,8 @@ use actix_mongo_lock::{Acquire, Close, LockConfig, LockError, LockManager, Unloc
 mod flags;
 
 const USAGE: &str = "usage: lock-contender [--name FAMILY] [--process NAME] [--workers N] \
-                     [--resources N] [--seconds N] [--ttl-ms N] [--hold-ms N]";
+                     [--resources N] [--seconds N] [--ttl-ms N] [--hold-ms N] \
+                     [--timeout-ms N] [--requests N] [--ask-lines 0|1]";
 
 struct Args {
     name: String,
@@ -36,6 +46,11 @@ struct Args {
     seconds: u64,
     ttl_ms: u64,
     hold_ms: u64,
+    /// 0: the configured retry budget.
+    timeout_ms: u64,
+    /// 0: no limit but `seconds`.
+    requests: u64,
+    ask_lines: bool,
 }
 
 fn parse_args() -> Args {
@@ -52,6 +67,9 @@ fn parse_args() -> Args {
             seconds: flags.number("--seconds", 3)?,
             ttl_ms: flags.number("--ttl-ms", 2000)?,
             hold_ms: flags.number("--hold-ms", 5)?,
+            timeout_ms: flags.number("--timeout-ms", 0)?,
+            requests: flags.number("--requests", 0)?,
+            ask_lines: flags.number("--ask-lines", 0)? == 1,
         })
     })
 }
@@ -86,21 +104,40 @@ async fn main() {
         let manager = manager.clone();
         let process = args.process.clone();
         let (grants, refusals) = (Rc::clone(&grants), Rc::clone(&refusals));
-        let (resources, hold, ttl) = (
+        let (resources, hold, ttl, timeout, requests, ask_lines) = (
             args.resources,
             Duration::from_millis(args.hold_ms),
             Duration::from_millis(args.ttl_ms),
+            Duration::from_millis(args.timeout_ms),
+            args.requests,
+            args.ask_lines,
         );
         workers.push(actix_rt::spawn(async move {
             let mut turn = worker;
-            while Instant::now() < deadline {
+            let mut asked = 0;
+            while Instant::now() < deadline && (requests == 0 || asked < requests) {
+                asked += 1;
                 let resource = format!("r{}", turn % resources);
                 turn += 1;
                 let requested = SystemTime::now();
-                let grant = match manager.send(Acquire::new(&resource)).await {
+                if ask_lines {
+                    println!("ASK {process} {resource} {}", unix_ms(requested));
+                }
+                let mut acquire = Acquire::new(&resource);
+                if !timeout.is_zero() {
+                    acquire = acquire.timeout(timeout);
+                }
+                let grant = match manager.send(acquire).await {
                     Ok(Ok(grant)) => grant,
-                    Ok(Err(LockError::AcquireMaxRetries { .. })) => {
+                    Ok(Err(
+                        LockError::AcquireMaxRetries { .. } | LockError::AcquireTimeout { .. },
+                    )) => {
                         refusals.set(refusals.get() + 1);
+                        println!(
+                            "REFUSED {process} {resource} {} {}",
+                            unix_ms(requested),
+                            unix_ms(SystemTime::now())
+                        );
                         continue;
                     }
                     Ok(Err(e)) => {

@@ -1,6 +1,8 @@
 //! Runs `src/bin/lock-contender` processes and reads what they print.
 //!
-//! Each contender prints one `HOLD` line per hold it saw (see the binary's docs) and a last
+//! Each contender prints one `HOLD` line per hold it saw (see the binary's docs), a `REFUSED`
+//! line for each Acquire that ran out of time (and an `ASK` line before each Acquire if asked
+//! to: tests that need it read those lines themselves), and a last
 //! `DONE <process> <grants> <refusals>` line. [`ContenderRun::record`] feeds the holds into a
 //! [`History`], so holds seen by several processes are checked together.
 
@@ -25,6 +27,11 @@ impl Contender {
     /// Starts `binary` (pass `env!("CARGO_BIN_EXE_lock-contender")`) against `uri`, with its
     /// stdout and stderr piped.
     pub fn spawn(&self, binary: &str, uri: &str) -> Child {
+        self.spawn_with(binary, uri, &[])
+    }
+
+    /// [`Self::spawn`] with more flags, such as `("--timeout-ms", "2000")`.
+    pub fn spawn_with(&self, binary: &str, uri: &str, more: &[(&str, &str)]) -> Child {
         Command::new(binary)
             .args(["--name", &self.name, "--process", &self.process])
             .args(["--workers", &self.workers.to_string()])
@@ -32,6 +39,7 @@ impl Contender {
             .args(["--seconds", &self.seconds.to_string()])
             .args(["--ttl-ms", &self.ttl_ms.to_string()])
             .args(["--hold-ms", &self.hold_ms.to_string()])
+            .args(more.iter().flat_map(|(flag, value)| [*flag, *value]))
             .env("MONGODB_URI", uri)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -56,10 +64,20 @@ pub struct HoldLine {
     pub outcome: String,
 }
 
+/// An Acquire that ran out of time, as a contender printed it.
+#[derive(Clone, Debug)]
+pub struct RefusedLine {
+    pub process: String,
+    pub resource: String,
+    pub requested_ms: u64,
+    pub answered_ms: u64,
+}
+
 /// Everything one finished contender printed.
 #[derive(Clone, Debug, Default)]
 pub struct ContenderRun {
     pub holds: Vec<HoldLine>,
+    pub refused: Vec<RefusedLine>,
     /// From the `DONE` line: grants and Acquires that ran out of retries.
     pub done: Option<(u64, u64)>,
     pub stderr: String,
@@ -74,16 +92,16 @@ impl ContenderRun {
         };
         for line in stdout.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
+            let ms = |s: &str| -> u64 {
+                s.parse()
+                    .unwrap_or_else(|e| panic!("bad time {s:?} in {line}: {e}"))
+            };
             match fields.first() {
                 Some(&"HOLD") => {
                     let [_, process, resource, fence, requested, granted, expires, sent, replied, outcome] =
                         fields[..]
                     else {
                         panic!("malformed HOLD line: {line}");
-                    };
-                    let ms = |s: &str| -> u64 {
-                        s.parse()
-                            .unwrap_or_else(|e| panic!("bad time {s:?} in {line}: {e}"))
                     };
                     run.holds.push(HoldLine {
                         process: process.to_owned(),
@@ -95,6 +113,17 @@ impl ContenderRun {
                         release_sent_ms: ms(sent),
                         released_ms: ms(replied),
                         outcome: outcome.to_owned(),
+                    });
+                }
+                Some(&"REFUSED") => {
+                    let [_, process, resource, requested, answered] = fields[..] else {
+                        panic!("malformed REFUSED line: {line}");
+                    };
+                    run.refused.push(RefusedLine {
+                        process: process.to_owned(),
+                        resource: resource.to_owned(),
+                        requested_ms: ms(requested),
+                        answered_ms: ms(answered),
                     });
                 }
                 Some(&"DONE") => {

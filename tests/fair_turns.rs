@@ -1,0 +1,386 @@
+//! Fairness across processes: lock-contender processes (src/bin/lock-contender) wait for the
+//! same resources, and no process may take a resource again and again while a waiter in another
+//! process is kept waiting. Waiters in one process are served in turn by their manager; these
+//! tests check the turns between processes, which share nothing but the database.
+//!
+//! A process "had a waiter" at a grant when one of its workers had sent an Acquire at or before
+//! the grant's time and was not granted (or refused) yet, read from the contenders' `ASK`, `HOLD`
+//! and `REFUSED` lines. Grants are ordered by fence, which rises in grant order.
+//!
+//! The tests run one at a time (each loads the machine and the server with its processes, and
+//! the figures it prints should be its own), on whatever server the suite runs on:
+//!
+//! ```sh
+//! scripts/with-mongo cargo test --test fair_turns -- --nocapture
+//! MONGO_SERVER=secantus scripts/with-mongo cargo test --test fair_turns -- --nocapture
+//! ```
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_mongo_lock::{Lock, LockConfig, Unlock, UnlockOutcome};
+use support::contender::{Contender, ContenderRun, HoldLine};
+use support::history::History;
+use support::server::{manager, unique_name, uri};
+use tokio::sync::mpsc;
+
+const CONTENDER: &str = env!("CARGO_BIN_EXE_lock-contender");
+
+/// Held by the test that runs: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding it poisons it; the next one may still run.
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
+}
+
+/// Runs the contenders to the end and parses what each printed; panics if one failed or
+/// reported an Acquire that ended in an error rather than a grant or a refusal.
+fn run_all(contenders: &[(Contender, Vec<(&str, &str)>)]) -> Vec<ContenderRun> {
+    let uri = uri();
+    // Every child's output is read at once: a child blocked on a full pipe would stall all
+    // its workers (one thread) and lose its turns.
+    let readers: Vec<_> = contenders
+        .iter()
+        .map(|(contender, more)| {
+            let child = contender.spawn_with(CONTENDER, &uri, more);
+            std::thread::spawn(move || child.wait_with_output())
+        })
+        .collect();
+    readers
+        .into_iter()
+        .zip(contenders)
+        .map(|(reader, (contender, _))| {
+            let output = reader
+                .join()
+                .expect("the reader thread")
+                .expect("the contender runs");
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+            );
+            assert!(
+                output.status.success(),
+                "{} failed: {}\n{stderr}",
+                contender.process,
+                output.status
+            );
+            let run = ContenderRun::parse(&stdout, &stderr);
+            assert!(
+                !stderr.contains("lock-contender:"),
+                "{}: an Acquire or Unlock failed:\n{stderr}",
+                contender.process
+            );
+            assert!(run.done.is_some(), "{} never finished", contender.process);
+            run
+        })
+        .collect()
+}
+
+/// A span in which a worker of `process` waited: from its Acquire to the answer.
+struct Wait<'a> {
+    process: &'a str,
+    from_ms: u64,
+    until_ms: u64,
+}
+
+/// Fairness figures of one resource's grants.
+#[derive(Debug)]
+struct Turns {
+    /// Grants per process.
+    grants: BTreeMap<String, usize>,
+    /// The most grants in a row to one process, each made while another process had a waiter.
+    longest_streak: usize,
+    /// The longest any one Acquire waited, granted or refused, per process.
+    longest_wait_ms: BTreeMap<String, u64>,
+}
+
+fn turns(runs: &[ContenderRun], resource: &str) -> Turns {
+    let mut holds: Vec<&HoldLine> = runs
+        .iter()
+        .flat_map(|run| &run.holds)
+        .filter(|h| h.resource == resource)
+        .collect();
+    holds.sort_by_key(|h| h.fence);
+    let mut waits: Vec<Wait> = holds
+        .iter()
+        .map(|h| Wait {
+            process: &h.process,
+            from_ms: h.requested_ms,
+            until_ms: h.granted_ms,
+        })
+        .collect();
+    waits.extend(
+        runs.iter()
+            .flat_map(|run| &run.refused)
+            .filter(|r| r.resource == resource)
+            .map(|r| Wait {
+                process: &r.process,
+                from_ms: r.requested_ms,
+                until_ms: r.answered_ms,
+            }),
+    );
+    let mut grants = BTreeMap::new();
+    let mut longest_wait_ms = BTreeMap::new();
+    for wait in &waits {
+        let longest = longest_wait_ms.entry(wait.process.to_owned()).or_insert(0);
+        *longest = (*longest).max(wait.until_ms - wait.from_ms);
+    }
+    let (mut streak, mut longest_streak) = (0, 0);
+    let mut previous: Option<&str> = None;
+    for hold in &holds {
+        *grants.entry(hold.process.clone()).or_insert(0) += 1;
+        let other_waiting = waits.iter().any(|w| {
+            w.process != hold.process
+                && w.from_ms <= hold.granted_ms
+                && w.until_ms > hold.granted_ms
+        });
+        streak = match (other_waiting, previous == Some(hold.process.as_str())) {
+            (false, _) => 0,
+            (true, true) => streak + 1,
+            (true, false) => 1,
+        };
+        longest_streak = longest_streak.max(streak);
+        previous = Some(&hold.process);
+    }
+    Turns {
+        grants,
+        longest_streak,
+        longest_wait_ms,
+    }
+}
+
+/// Every hold of every run into one history: no two holds of a resource overlapped.
+fn assert_exclusive(runs: &[ContenderRun]) {
+    let history = History::new();
+    for run in runs {
+        run.record(&history);
+    }
+    history.assert_ok();
+}
+
+#[test]
+fn two_processes_contending_for_one_resource_take_turns() {
+    let _one = one_at_a_time();
+    let name = unique_name("take_turns");
+    let contender = |process: &str| Contender {
+        name: name.clone(),
+        process: process.to_owned(),
+        workers: 4,
+        resources: 1,
+        seconds: 12,
+        ttl_ms: 10_000,
+        hold_ms: 10,
+    };
+    // A waiter kept out waits up to 5 s, then asks again at once: its waits are near
+    // continuous, and the run ends within 12 + 5 s.
+    let more = vec![("--timeout-ms", "5000")];
+    let runs = run_all(&[(contender("p1"), more.clone()), (contender("p2"), more)]);
+    assert_exclusive(&runs);
+    let turns = turns(&runs, "r0");
+    let total: usize = turns.grants.values().sum();
+    let refused: Vec<usize> = runs.iter().map(|run| run.refused.len()).collect();
+    eprintln!(
+        "take turns: {total} grants {:?}, longest streak while the other process waited {}, \
+         longest wait (ms) {:?}, Acquires refused after 5 s per process {refused:?}",
+        turns.grants, turns.longest_streak, turns.longest_wait_ms
+    );
+    assert!(total >= 20, "too few grants to judge: {turns:?}");
+    for process in ["p1", "p2"] {
+        let share = turns.grants.get(process).copied().unwrap_or(0) as f64 / total as f64;
+        assert!(
+            (0.4..=0.6).contains(&share),
+            "{process} got {:.0} % of the grants, outside 40-60 %: {turns:?}",
+            share * 100.0
+        );
+    }
+    assert!(
+        turns.longest_streak <= 4,
+        "one process took the resource {} times in a row while the other had a waiter: {turns:?}",
+        turns.longest_streak
+    );
+}
+
+/// The lines a child prints, as they come.
+fn lines_of(child: &mut Child) -> mpsc::UnboundedReceiver<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (lines, receiver) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// The first line starting with `prefix` within `within`; panics naming `what` otherwise.
+async fn line_starting(
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    prefix: &str,
+    within: Duration,
+    what: &str,
+) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some(line)) if line.starts_with(prefix) => return line,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{what}: the process ended first"),
+            Err(_) => panic!("{what}: nothing within {within:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
+    let _one = one_at_a_time();
+    let name = unique_name("killed_in_line");
+    let config = LockConfig::new(&name)
+        .database("actix_mongo_lock_tests")
+        .ttl(Duration::from_secs(60));
+    // One Acquire each, waiting up to a minute: only the holder's release can end B's and C's
+    // waits, and C's ends only if B's place in line does not outlive B.
+    let waiter = |process: &str| Contender {
+        name: name.clone(),
+        process: process.to_owned(),
+        workers: 1,
+        resources: 1,
+        seconds: 1,
+        ttl_ms: 10_000,
+        hold_ms: 5,
+    };
+    let more = [
+        ("--timeout-ms", "60000"),
+        ("--requests", "1"),
+        ("--ask-lines", "1"),
+    ];
+    actix_rt::System::new().block_on(async {
+        let holder = manager(&config).await;
+        let grant = holder
+            .send(Lock::new("r0"))
+            .await
+            .expect("the holder's manager answers")
+            .expect("the resource is free");
+
+        let mut b = waiter("b").spawn_with(CONTENDER, &uri(), &more);
+        let mut b_lines = lines_of(&mut b);
+        line_starting(&mut b_lines, "ASK", Duration::from_secs(20), "B's Acquire").await;
+        // Long enough for B's first attempt to be refused and B to wait in line.
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+        let mut c = waiter("c").spawn_with(CONTENDER, &uri(), &more);
+        let mut c_lines = lines_of(&mut c);
+        line_starting(&mut c_lines, "ASK", Duration::from_secs(20), "C's Acquire").await;
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+
+        b.kill().expect("kill -9 B");
+        b.wait().expect("B is gone");
+        let killed = unix_ms(SystemTime::now());
+        while let Ok(line) = b_lines.try_recv() {
+            assert!(
+                !line.starts_with("HOLD"),
+                "B was granted before it was killed: {line}"
+            );
+        }
+        let released_at = unix_ms(SystemTime::now());
+        let released = Instant::now();
+        let outcome = holder
+            .send(Unlock::new(grant.lock_id))
+            .await
+            .expect("the holder's manager answers")
+            .expect("Unlock");
+        assert_eq!(outcome, UnlockOutcome::Released);
+
+        let bound = Duration::from_secs(15);
+        let hold = line_starting(
+            &mut c_lines,
+            "HOLD",
+            bound + Duration::from_secs(5),
+            "C's grant after the holder released and B was killed",
+        )
+        .await;
+        let waited = released.elapsed();
+        let run = ContenderRun::parse(&hold, "");
+        let [c_hold] = &run.holds[..] else {
+            panic!("one HOLD line: {hold}")
+        };
+        eprintln!(
+            "killed in line: C asked {} ms before B was killed and was granted {} ms after the \
+             release (seen by the test after {waited:?})",
+            killed - c_hold.requested_ms,
+            c_hold.granted_ms.saturating_sub(released_at)
+        );
+        assert!(
+            c_hold.requested_ms < killed,
+            "C was waiting already: {c_hold:?}"
+        );
+        assert!(
+            c_hold.granted_ms.saturating_sub(released_at) <= bound.as_millis() as u64,
+            "C was granted {} ms after the release, over {bound:?}: B's place held up the line",
+            c_hold.granted_ms - released_at
+        );
+        let status = tokio::task::spawn_blocking(move || c.wait())
+            .await
+            .expect("wait for C")
+            .expect("C ends");
+        assert!(status.success(), "C: {status}");
+    });
+}
+
+#[test]
+fn every_resource_is_served_by_both_of_two_instances() {
+    let _one = one_at_a_time();
+    let name = unique_name("both_instances");
+    let contender = |process: &str| Contender {
+        name: name.clone(),
+        process: process.to_owned(),
+        workers: 8,
+        resources: 3,
+        // 100 Acquires per worker, unless 20 s pass first.
+        seconds: 20,
+        ttl_ms: 10_000,
+        hold_ms: 10,
+    };
+    let more = vec![("--timeout-ms", "2000"), ("--requests", "100")];
+    let runs = run_all(&[(contender("p1"), more.clone()), (contender("p2"), more)]);
+    assert_exclusive(&runs);
+    let mut served: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for hold in runs.iter().flat_map(|run| &run.holds) {
+        *served
+            .entry((hold.resource.clone(), hold.process.clone()))
+            .or_insert(0) += 1;
+    }
+    for (run, process) in runs.iter().zip(["p1", "p2"]) {
+        eprintln!(
+            "two instances: {process} asked {} times, was granted {} and timed out {} times \
+             (2 s each)",
+            run.holds.len() + run.refused.len(),
+            run.holds.len(),
+            run.refused.len()
+        );
+    }
+    eprintln!("two instances: grants per (resource, process) {served:?}");
+    for resource in ["r0", "r1", "r2"] {
+        for process in ["p1", "p2"] {
+            assert!(
+                served.contains_key(&(resource.to_owned(), process.to_owned())),
+                "{resource} was never granted to {process}: {served:?}"
+            );
+        }
+    }
+}
