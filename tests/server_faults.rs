@@ -999,11 +999,11 @@ async fn lose_the_grant_reply(proxy: &FaultProxy, config: &LockConfig) -> (Strin
     (lock_id, fence)
 }
 
-/// The grants (upsert `findAndModify` commands; a look at the line is not one) a manager sent,
-/// as (its retryable-write identity, how it ended).
 /// A write's identity in the server's retryable-write record: its session and txnNumber.
 type RetryKey = Option<(Option<String>, i64)>;
 
+/// The grants (upsert `findAndModify` commands; a look at the line is not one) a manager sent,
+/// as (its retryable-write identity, how it ended).
 fn grants_sent(commands: &Commands) -> Vec<(RetryKey, Ended)> {
     commands
         .named("findAndModify")
