@@ -1185,6 +1185,111 @@ async fn set_on_insert_in_find_one_and_update_is_applied_or_ignored() {
     f.cleanup().await;
 }
 
+/// The line of waiting managers (`turn`, `line`) uses only forms both servers get right: a
+/// whole `turn` sub-document compared by its dotted fields, `$pull` of plain strings, and
+/// `$addToSet` onto an array that exists. `$addToSet` onto a MISSING array creates it on MongoDB;
+/// on nx-27017 an `updateOne` does nothing and a `findAndModify` fails, so the store guards it with `line: {$exists: true}` and creates the
+/// array with a `$set` the first time. (Forms the store avoids for the line, found while
+/// building it: on nx-27017 `$push` of a sub-document stores it as a JSON string, `line.0.m`
+/// matches any element, `$ne` does not match a missing field and arrays cannot be compared whole;
+/// on SecantusDB the positional `$` update fails and `$pull` rejects an `$or` condition.)
+#[tokio::test]
+async fn the_line_keeps_arrival_order_and_add_to_set_needs_an_existing_array_on_nx() {
+    let f = Fixture::with_store_indexes().await;
+    let r = resource("line");
+    f.locks
+        .insert_one(doc! { "resource": &r, "exclusive": released(), "fence": 1_i64 })
+        .await
+        .expect("insert");
+    let onto_missing = f
+        .locks
+        .update_one(
+            doc! { "resource": &r },
+            doc! { "$addToSet": { "line": "a" } },
+        )
+        .await;
+    match (expect(), &onto_missing) {
+        (Expect::MongoDb, Ok(result)) if result.modified_count == 1 => {}
+        (Expect::Nx, Err(_)) => {}
+        (Expect::Nx, Ok(result)) if result.modified_count == 0 => {}
+        (server, other) => panic!("{server:?}: $addToSet onto a missing array: {other:?}"),
+    }
+    // The store's way: create the array once, then add at the end, each manager once.
+    f.locks
+        .update_one(
+            doc! { "resource": &r, "line": { "$exists": false } },
+            doc! { "$set": { "line": ["a"] } },
+        )
+        .await
+        .expect("create the line");
+    for manager in ["b", "a", "c", "b"] {
+        f.locks
+            .update_one(
+                doc! { "resource": &r, "line": { "$exists": true } },
+                doc! { "$addToSet": { "line": manager } },
+            )
+            .await
+            .expect("join the line");
+    }
+    let line = |stored: Document| -> Vec<String> {
+        stored
+            .get_array("line")
+            .expect("line")
+            .iter()
+            .map(|m| m.as_str().expect("a manager").to_owned())
+            .collect()
+    };
+    let stored = f
+        .locks
+        .find_one(doc! { "resource": &r })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line(stored), ["a", "b", "c"], "arrival order, each once");
+    // A turn is a whole sub-document; a pass pulls its new owner out of the line.
+    let passed = f
+        .locks
+        .find_one_and_update(
+            doc! { "resource": &r, "$and": [{ "$or": [
+                { "turn": { "$exists": false } },
+                { "turn.until": { "$lt": 1_000_i64 } },
+            ] }] },
+            doc! {
+                "$set": { "turn": { "manager": "a", "until": 5_000_i64 } },
+                "$pull": { "line": { "$in": ["a"] } },
+            },
+        )
+        .return_document(ReturnDocument::After)
+        .await
+        .expect("pass the turn")
+        .expect("the turn was nobody's");
+    assert_eq!(
+        passed.get_document("turn").unwrap().get_str("manager"),
+        Ok("a")
+    );
+    assert_eq!(line(passed), ["b", "c"]);
+    let live_turn_of = |manager: &str, now: i64| {
+        doc! { "resource": &r, "$and": [{ "$or": [
+            { "turn": { "$exists": false } },
+            { "turn.until": { "$lt": now } },
+            { "turn.manager": manager },
+        ] }] }
+    };
+    let counted = |filter: Document| async { f.locks.count_documents(filter).await.unwrap() };
+    assert_eq!(counted(live_turn_of("a", 1_000)).await, 1, "a's own turn");
+    assert_eq!(
+        counted(live_turn_of("b", 1_000)).await,
+        0,
+        "a's turn is live"
+    );
+    assert_eq!(
+        counted(live_turn_of("b", 6_000)).await,
+        1,
+        "a's turn has lapsed"
+    );
+    f.cleanup().await;
+}
+
 /// Pipeline-style updates (`[{$set: ...}]`, needed for `$$NOW`) work on MongoDB and are rejected
 /// by nx-27017, so the store computes `now` on the client, corrected by the server-clock offset.
 #[tokio::test]

@@ -140,8 +140,7 @@ impl Core {
             let woken = self.pause(pause, Some(&place), wait).await?;
             // A try whose answer was lost is repeated as it was (the same lock id finds its own
             // hold), not replaced by a look at the line, which would see the hold and wait.
-            try_next =
-                woken == Woken::Told || remote.looks_grantable() || wait.last_try_lost.get();
+            try_next = woken == Woken::Told || remote.looks_grantable() || wait.last_try_lost.get();
         }
     }
 

@@ -4,19 +4,20 @@
 //! release by another process it could only learn of by asking. Where the server has change
 //! streams, [`ReleaseWatch`] keeps ONE stream per manager, filtered on the server down to this
 //! collection's releases, open while some waiter here waits for a resource held elsewhere, and
-//! each release it reports wakes the head of that resource's local queue, which then probes
-//! once. A waiter whose stream works probes otherwise only when the holder's lease ends (read
-//! once after a refused probe: an expiry produces no event) and as a slow safety net for a
-//! missed event. Where there is no stream (a standalone server, or one whose stream keeps
-//! failing), waiters fall back to probing with pauses that grow from a short first one to
-//! `acquire_period` ([`Backoff`]).
+//! each release it reports wakes the head of that resource's local queue, which then tries
+//! once. Otherwise the head only looks at the resource's line (`line.rs`: one request that also
+//! keeps its manager's place there and reads when the hold ends): when the holder's lease ends
+//! (an expiry produces no event), when another manager's turn would lapse, and as a slow safety
+//! net for a missed event; it tries only when the look finds the resource free and the turn its
+//! own or nobody's. Where there is no stream (a standalone server, or one whose stream keeps
+//! failing), the looks come after pauses that grow from a short first one to `acquire_period`
+//! ([`Backoff`]).
 //!
 //! The stream lives in a task of its own, so no waiter owns it: the first waiter that needs it
 //! starts it, and it closes itself 3 s after the last one left if no other came (at once when
-//! the manager closes). A failed
-//! stream is opened again after its last event (its resume token), so nothing in between is
-//! lost; on each opening every watched head is woken once, to cover a release that happened
-//! before the stream saw it.
+//! the manager closes). A failed stream is opened again after its last event (its resume
+//! token), so nothing in between is lost; on each opening every watched head is told to look
+//! once, to cover a release that happened before the stream saw it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
