@@ -217,8 +217,6 @@ impl MongoStore {
                     ] },
                 ],
             };
-            let mut leaving = vec![Bson::from(in_line.manager)];
-            leaving.extend(in_line.pass_to.map(Bson::from));
             let update = doc! {
                 "$set": {
                     "exclusive": self.held(lock_id, granted_at, None, expires_at),
@@ -226,7 +224,7 @@ impl MongoStore {
                     "turn": turn(in_line.pass_to, now),
                 },
                 "$inc": { "fence": 1_i64 },
-                "$pull": { "line": { "$in": leaving } },
+                "$pull": { "line": { "$in": leaving(in_line.manager, in_line.pass_to) } },
             };
             let result = self
                 .collection
@@ -361,15 +359,13 @@ impl MongoStore {
     ) -> Result<(), LockError> {
         self.bounded("leave_line", async {
             let name = self.stored_name(resource);
-            let mut leaving = vec![Bson::from(manager)];
-            leaving.extend(pass_to.map(Bson::from));
             let passed = self
                 .collection
                 .update_one(
                     doc! { "resource": &name, "turn.manager": manager },
                     doc! {
                         "$set": { "turn": turn(pass_to, now) },
-                        "$pull": { "line": { "$in": leaving } },
+                        "$pull": { "line": { "$in": leaving(manager, pass_to) } },
                     },
                 )
                 .await?;
@@ -710,11 +706,8 @@ impl LineView {
         let shared = stored
             .get_document("shared")
             .ok()
-            .and_then(|shared| match shared.get("count") {
-                Some(Bson::Int32(n)) => Some(i64::from(*n)),
-                Some(Bson::Int64(n)) => Some(*n),
-                _ => None,
-            })
+            .and_then(|shared| shared.get("count"))
+            .and_then(as_integer)
             .unwrap_or(0);
         let held_until = if shared > 0 {
             // square/mongo-lock's shared holders: no exclusive grant until they leave, and
@@ -733,7 +726,7 @@ impl LineView {
         };
         let turn = stored.get_document("turn").ok().and_then(|turn| {
             let manager = turn.get_str("manager").ok()?;
-            let until = turn.get_i64("until").ok()?;
+            let until = turn.get("until").and_then(as_integer)?;
             let until = DateTime::from_millis(until).to_system_time();
             (!manager.is_empty() && until > now).then(|| (manager.to_owned(), until))
         });
@@ -755,7 +748,17 @@ impl LineView {
     /// Whether `manager` may be granted the resource now: it is free and nobody else's turn is
     /// live.
     pub(crate) fn grantable_to(&self, manager: &str) -> bool {
-        self.held_until.is_none() && self.turn.as_ref().is_none_or(|(m, _)| m == manager)
+        self.held_until.is_none() && (self.turn.is_none() || self.is_turn_of(manager))
+    }
+
+    /// Whether the live turn is `manager`'s.
+    pub(crate) fn is_turn_of(&self, manager: &str) -> bool {
+        self.turn.as_ref().is_some_and(|(m, _)| m == manager)
+    }
+
+    /// Whether `manager` has a place: the turn, or one in the line after it.
+    pub(crate) fn has_place_of(&self, manager: &str) -> bool {
+        self.is_turn_of(manager) || self.line.iter().any(|m| m == manager)
     }
 
     /// The first in line other than `manager`.
@@ -779,6 +782,14 @@ fn nobodys_turn(now: SystemTime) -> Document {
     ] }
 }
 
+/// The managers a write takes out of the line: `manager`, and `pass_to` if the turn goes to it.
+fn leaving(manager: &str, pass_to: Option<&str>) -> Vec<Bson> {
+    std::iter::once(manager)
+        .chain(pass_to)
+        .map(Bson::from)
+        .collect()
+}
+
 /// The `turn` sub-document: `to`'s turn for [`TURN_LIFE`], or nobody's.
 fn turn(to: Option<&str>, now: SystemTime) -> Document {
     match to {
@@ -788,12 +799,21 @@ fn turn(to: Option<&str>, now: SystemTime) -> Document {
 }
 
 fn read_fence(stored: &Document) -> Result<i64, LockError> {
-    match stored.get("fence") {
-        Some(Bson::Int64(f)) => Ok(*f),
-        Some(Bson::Int32(f)) => Ok(i64::from(*f)),
-        other => Err(LockError::CorruptDocument {
-            reason: format!("fence is {other:?}, expected an integer"),
-        }),
+    let fence = stored.get("fence");
+    fence
+        .and_then(as_integer)
+        .ok_or_else(|| LockError::CorruptDocument {
+            reason: format!("fence is {fence:?}, expected an integer"),
+        })
+}
+
+/// An integer as either server stores it: nx-27017 answers an `Int64` that fits as `Int32`
+/// (docs/compatibility.md, deviation 8).
+fn as_integer(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int64(n) => Some(*n),
+        Bson::Int32(n) => Some(i64::from(*n)),
+        _ => None,
     }
 }
 

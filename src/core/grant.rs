@@ -58,7 +58,7 @@ impl Core {
                 lock_id,
                 self.clock.now(),
                 ttl,
-                &self.in_line(&pass_to),
+                &self.in_line(pass_to.as_deref()),
             )
             .await?;
         let Some((grant, line)) = answer else {

@@ -60,28 +60,24 @@ impl Lines {
         self.seen
             .borrow()
             .get(resource)
-            .and_then(|view| view.turn.as_ref())
-            .is_some_and(|(manager, _)| *manager == self.manager)
+            .is_some_and(|view| view.is_turn_of(&self.manager))
     }
 
     fn is_in_line(&self, resource: &ResourceId) -> bool {
-        self.seen.borrow().get(resource).is_some_and(|view| {
-            view.line.contains(&self.manager)
-                || view
-                    .turn
-                    .as_ref()
-                    .is_some_and(|(manager, _)| *manager == self.manager)
-        })
+        self.seen
+            .borrow()
+            .get(resource)
+            .is_some_and(|view| view.has_place_of(&self.manager))
     }
 }
 
 impl Core {
     /// Who a grant of `resource` is for, in its line: this manager, and the manager to hand
-    /// the turn to (`pass_to`: the next in line, as last seen here, from [`Core::next_in_line`]).
-    pub(super) fn in_line<'a>(&'a self, pass_to: &'a Option<String>) -> InLine<'a> {
+    /// the turn to (`pass_to`: the next in line, as last seen here, from [`Lines::next`]).
+    pub(super) fn in_line<'a>(&'a self, pass_to: Option<&'a str>) -> InLine<'a> {
         InLine {
             manager: self.lines.manager(),
-            pass_to: pass_to.as_deref(),
+            pass_to,
         }
     }
 

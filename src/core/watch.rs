@@ -359,29 +359,23 @@ impl Core {
         // a fall-back pause, so a line that keeps looking grantable is not probed in a loop.
         let refused_when_grantable = std::mem::take(&mut wait.grantable);
         let view = match self.visit_line(resource).await {
-            Ok(Some(view)) => view,
-            // No document: nothing holds the resource.
-            Ok(None) if !refused_when_grantable => {
-                wait.grantable = true;
-                return Duration::ZERO;
-            }
-            Ok(None) => {
-                wait.grantable = true;
-                return wait.backoff.next_pause().min(LOOK_AGAIN);
-            }
+            Ok(view) => view,
             Err(e) => {
                 tracing::debug!(error = %e, "could not look at the line");
                 return wait.backoff.next_pause().min(wait.safety_probe);
             }
         };
-        if view.grantable_to(self.lines.manager()) {
-            wait.grantable = true;
+        // No document: nothing holds the resource.
+        wait.grantable = view
+            .as_ref()
+            .is_none_or(|view| view.grantable_to(self.lines.manager()));
+        let Some(view) = view.filter(|_| !wait.grantable) else {
             return if refused_when_grantable {
                 wait.backoff.next_pause().min(LOOK_AGAIN)
             } else {
                 Duration::ZERO
             };
-        }
+        };
         let ends = view
             .held_until
             .or(view.turn.as_ref().map(|(_, until)| *until));
