@@ -751,6 +751,14 @@ impl LineView {
         self.held_until.is_none() && (self.turn.is_none() || self.is_turn_of(manager))
     }
 
+    /// The first in line while the turn is nobody's: the turn should be theirs.
+    pub(crate) fn unserved_first(&self) -> Option<&str> {
+        self.line
+            .first()
+            .filter(|_| self.turn.is_none())
+            .map(String::as_str)
+    }
+
     /// Whether the live turn is `manager`'s.
     pub(crate) fn is_turn_of(&self, manager: &str) -> bool {
         self.turn.as_ref().is_some_and(|(m, _)| m == manager)

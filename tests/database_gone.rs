@@ -16,11 +16,12 @@ use actix::Addr;
 use actix_mongo_lock::{
     Acquire, Close, ListHolds, Lock, LockConfig, LockError, LockManager, Renew, Status, Unlock,
 };
+use mongodb::bson::doc;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 use support::poll::eventually;
 use support::proxy::{upstream_from_env, FaultProxy};
-use support::server::{fast_config, stored_hold};
+use support::server::{client, fast_config, manager, stored_hold};
 
 /// Slack over a stated bound, for a shared, noisy machine.
 const MARGIN: Duration = Duration::from_secs(2);
@@ -175,6 +176,51 @@ async fn an_acquire_tells_a_database_that_is_down_from_a_resource_that_is_busy()
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A waiter for a resource held by another manager has a place in the resource's line, and
+/// looks at the line while it waits. When the server goes silent mid-wait, a look under way is
+/// cut at the wait's deadline and leaving the line does not hold up the answer: the Acquire
+/// answers within its budget plus one `request_timeout` (long here, 4 s, so that a look or a
+/// leave running past the deadline would show).
+#[actix_rt::test]
+async fn an_acquire_waiting_in_line_answers_within_its_bound_when_the_server_goes_silent() {
+    const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+    let proxy = proxy().await;
+    let config = config("gone_in_line").request_timeout(LONG_REQUEST_TIMEOUT);
+    let holder = manager(&config).await;
+    holder.send(Lock::new("held")).await.unwrap().unwrap();
+    let waiting = manager_through(&proxy, &config).await;
+    let budget = Duration::from_millis(1500);
+
+    let started = Instant::now();
+    let answer = actix_rt::spawn(waiting.send(Acquire::new("held").timeout(budget)));
+    let locks = client()
+        .await
+        .database(&config.database)
+        .collection::<mongodb::bson::Document>(&config.collection_name());
+    eventually("the waiter takes a place in line", budget, || async {
+        let stored = locks
+            .find_one(doc! { "resource": format!("{}-held", config.name) })
+            .await
+            .unwrap()?;
+        let turn = stored.get_document("turn").ok()?;
+        (turn.get_str("manager").is_ok_and(|m| !m.is_empty())).then_some(())
+    })
+    .await;
+    proxy.black_hole();
+    let answer = answer.await.unwrap().unwrap();
+    let took = started.elapsed();
+    proxy.restore();
+    let bound = budget + LONG_REQUEST_TIMEOUT;
+    assert!(
+        took <= bound + MARGIN,
+        "the Acquire answered after {took:?}; its bound is {bound:?}"
+    );
+    assert!(
+        matches!(answer, Err(LockError::AcquireTimeout { .. })),
+        "{answer:?}"
+    );
 }
 
 #[actix_rt::test]

@@ -75,7 +75,7 @@ impl Core {
         }
         self.holds.insert(&grant, ttl);
         tracing::debug!(fence = grant.fence, "granted");
-        self.after_grant(resource, line).await;
+        self.after_grant(resource, line, sent).await;
         Ok(Some(grant))
     }
 

@@ -19,6 +19,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use crate::drain::InFlight;
 
 use crate::error::LockError;
 use crate::messages::ResourceId;
@@ -63,6 +69,15 @@ impl Lines {
             .is_some_and(|view| view.is_turn_of(&self.manager))
     }
 
+    /// Records that this manager asked for a place in `resource`'s line.
+    fn count_in(&self, resource: &ResourceId) {
+        let mut seen = self.seen.borrow_mut();
+        let view = seen.entry(resource.clone()).or_default();
+        if !view.has_place_of(&self.manager) {
+            view.line.push(self.manager.clone());
+        }
+    }
+
     fn is_in_line(&self, resource: &ResourceId) -> bool {
         self.seen
             .borrow()
@@ -90,8 +105,20 @@ impl Core {
     /// went to nobody (the line grew since this manager last saw it), the turn goes to the first
     /// of them now, before the grant is handed over: otherwise this manager's next waiter would
     /// be granted again at the release, ahead of them. A failure here costs only the order.
-    pub(super) async fn after_grant(&self, resource: &ResourceId, view: LineView) {
-        let view = self.settle(resource, view).await;
+    ///
+    /// The pass shares the grant's `request_timeout`, counted from `sent` (when the grant was
+    /// sent): a grant is answered within that bound, passed on or not; if it is cut off, the
+    /// next manager to look at the line settles it.
+    pub(super) async fn after_grant(&self, resource: &ResourceId, view: LineView, sent: Instant) {
+        let view = if view.unserved_first().is_some() {
+            let deadline = sent + self.config.request_timeout;
+            let settle = self.settle(resource, view.clone());
+            tokio::time::timeout_at(deadline.into(), settle)
+                .await
+                .unwrap_or(view)
+        } else {
+            view
+        };
         if self.waiters.is_waited(resource) {
             self.lines.seen.borrow_mut().insert(resource.clone(), view);
         } else {
@@ -107,6 +134,9 @@ impl Core {
         resource: &ResourceId,
     ) -> Result<Option<LineView>, LockError> {
         let has_turn = self.lines.has_turn(resource);
+        // From the moment it asks, this manager counts itself in line: a look cut off on its way
+        // may still have taken the place, which leaving must then give up.
+        self.lines.count_in(resource);
         let Some(view) = self
             .store
             .join_line(resource, self.lines.manager(), has_turn, self.clock.now())
@@ -124,7 +154,7 @@ impl Core {
 
     /// A line whose turn is nobody's while managers wait in it gives the turn to its first.
     async fn settle(&self, resource: &ResourceId, view: LineView) -> LineView {
-        let Some(first) = view.line.first().filter(|_| view.turn.is_none()) else {
+        let Some(first) = view.unserved_first() else {
             return view;
         };
         match self
@@ -143,10 +173,11 @@ impl Core {
     }
 
     /// After a wait here ended without a grant: if it was the last wait here for `resource`
-    /// and this manager has a place in its line, leaves the line (handing its turn on, if it
-    /// has it). One request, within `request_timeout`; if it fails, the place is skipped when
-    /// its turn comes, and a turn lapses on its own.
-    pub(super) async fn leave_line_if_unwaited(&self, resource: &ResourceId) {
+    /// and this manager has (or may have) a place in its line, leaves the line, handing its turn
+    /// on if it has it. One request, within `request_timeout`, in the background: the Acquire's
+    /// answer does not wait for it (Close does). If it fails, the place is skipped when its turn
+    /// comes, and a turn lapses on its own.
+    pub(super) fn leave_line_if_unwaited(self: &Rc<Self>, resource: &ResourceId) {
         if self.waiters.is_waited(resource) {
             return;
         }
@@ -156,17 +187,26 @@ impl Core {
         if !in_line {
             return;
         }
-        let left = self
-            .store
-            .leave_line(
-                resource,
-                self.lines.manager(),
-                next.as_deref(),
-                self.clock.now(),
-            )
-            .await;
-        if let Err(e) = left {
-            tracing::debug!(error = %e, "could not leave the line; the place will be skipped");
-        }
+        let core = Rc::clone(self);
+        let resource = resource.clone();
+        let token: InFlight = self.drain.extend();
+        actix_rt::spawn(
+            async move {
+                let left = core
+                    .store
+                    .leave_line(
+                        &resource,
+                        core.lines.manager(),
+                        next.as_deref(),
+                        core.clock.now(),
+                    )
+                    .await;
+                if let Err(e) = left {
+                    tracing::debug!(error = %e, "could not leave the line; the place will be skipped");
+                }
+                drop(token);
+            }
+            .in_current_span(),
+        );
     }
 }

@@ -76,7 +76,7 @@ impl Core {
                 },
             },
         };
-        self.leave_line_if_unwaited(&wait.resource).await;
+        self.leave_line_if_unwaited(&wait.resource);
         self.release_if_uncertain(wait.lock_id, ttl, wait.uncertain.get());
         Err(result)
     }
@@ -134,7 +134,10 @@ impl Core {
                     .clock
                     .until(expires_at)
                     .min(safety_probe_at.saturating_duration_since(Instant::now())),
-                None if place.is_head() => self.remote_pause(&wait.resource, &mut remote).await,
+                None if place.is_head() => {
+                    self.remote_pause(&wait.resource, &mut remote, wait.deadline)
+                        .await
+                }
                 None => wait.remaining(),
             };
             let woken = self.pause(pause, Some(&place), wait).await?;

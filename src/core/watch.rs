@@ -346,10 +346,13 @@ impl Core {
     /// holder's lease ends (an expiry produces no event) or another manager's turn lapses, or
     /// the safety probe, whichever is first: a release wakes the waiter sooner. Without, the
     /// next fall-back pause, and the look at the line is the probe.
+    ///
+    /// The look is cut off at the wait's `deadline`, as later attempts are: the wait then ends.
     pub(super) async fn remote_pause(
         &self,
         resource: &ResourceId,
         wait: &mut RemoteWait,
+        deadline: Instant,
     ) -> Duration {
         if wait.watching.is_none() {
             wait.watching = Some(self.release_watch.watch(resource));
@@ -358,9 +361,11 @@ impl Core {
         // compares dates by the whole second, a grant elsewhere in between): the next one waits
         // a fall-back pause, so a line that keeps looking grantable is not probed in a loop.
         let refused_when_grantable = std::mem::take(&mut wait.grantable);
-        let view = match self.visit_line(resource).await {
-            Ok(view) => view,
-            Err(e) => {
+        let look = tokio::time::timeout_at(deadline.into(), self.visit_line(resource)).await;
+        let view = match look {
+            Ok(Ok(view)) => view,
+            Err(_) => return Duration::ZERO,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "could not look at the line");
                 return wait.backoff.next_pause().min(wait.safety_probe);
             }
