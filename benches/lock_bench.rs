@@ -438,22 +438,29 @@ async fn memory_per_waiter(count: usize) -> f64 {
     after.saturating_sub(before) as f64 / count as f64
 }
 
+/// The configuration of a child process's manager, named after its `role` and process.
+fn child_config(family_name: String, role: &str) -> LockConfig {
+    LockConfig::new(family_name)
+        .database(DATABASE)
+        .owner(format!("bench-{role}-{}", std::process::id()))
+}
+
+/// Now, in microseconds since the Unix epoch: the children's lines carry it so the parent can
+/// order events of several processes.
+fn unix_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
 /// The child of the cross-process hand-off rows: one worker taking turns on `resource` for
 /// `seconds` (hold 100 ms, then wait until the other process holds it), printing
 /// `GRANT <unix_us> <waited_us>` and `RELEASE <unix_us>` lines.
 async fn child(family_name: String, polling: Polling, seconds: u64) {
-    let config = LockConfig::new(family_name)
-        .database(DATABASE)
-        .owner(format!("bench-child-{}", std::process::id()))
-        .ttl(Duration::from_secs(30));
+    let config = child_config(family_name, "child").ttl(Duration::from_secs(30));
     let manager = start(&config).await;
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let unix_us = || {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-    };
     while Instant::now() < deadline {
         let mut request = Acquire::new("cross").timeout(Duration::from_secs(10));
         request.polling = polling;
@@ -543,9 +550,7 @@ fn cross_process(polling: Polling, seconds: u64) -> Vec<Duration> {
 async fn waiting_child(family_name: String, polling: Polling, seconds: u64) {
     let commands = Commands::default();
     let counting = Arc::new(AtomicBool::new(false));
-    let config = LockConfig::new(family_name)
-        .database(DATABASE)
-        .owner(format!("bench-waiter-{}", std::process::id()));
+    let config = child_config(family_name, "waiter");
     let client = counting_client(Arc::clone(&commands), Arc::clone(&counting)).await;
     let manager = start_with(client, &config).await;
     // The start-up work (index, first purge) is not waiting: let it finish uncounted.
@@ -618,18 +623,9 @@ async fn waiting_requests(polling: Polling, seconds: u64) -> (f64, BTreeMap<Stri
 /// for `seconds`, printing `GRANT <fence> <requested_us> <granted_us>` and
 /// `REFUSED <requested_us> <answered_us>` lines.
 async fn turns_child(family_name: String, workers: usize, seconds: u64) {
-    let config = LockConfig::new(family_name)
-        .database(DATABASE)
-        .owner(format!("bench-turns-{}", std::process::id()))
-        .ttl(Duration::from_secs(30));
+    let config = child_config(family_name, "turns").ttl(Duration::from_secs(30));
     let manager = start(&config).await;
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let unix_us = || {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-    };
     let mut handles = Vec::new();
     for _ in 0..workers {
         let manager = manager.clone();
