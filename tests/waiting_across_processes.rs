@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use actix_mongo_lock::{Acquire, Lock, LockConfig, LockError, LockManager, Unlock};
+use actix_mongo_lock::{Acquire, Lock, LockConfig, LockError, LockGrant, LockManager, Unlock};
 use mongodb::bson::{doc, Document};
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
@@ -117,6 +117,27 @@ async fn monitored_manager(config: &LockConfig, app_name: &str) -> (Addr<LockMan
     (locks, monitor)
 }
 
+/// Releases `held` through `holder` and waits for `acquire`'s grant: the grant, and the time
+/// from the release to it.
+async fn release_and_time_the_hand_off(
+    holder: &Addr<LockManager>,
+    held: &LockGrant,
+    acquire: actix_rt::task::JoinHandle<Result<Result<LockGrant, LockError>, actix::MailboxError>>,
+) -> (LockGrant, Duration) {
+    let released = Instant::now();
+    holder
+        .send(Unlock::new(held.lock_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let grant = acquire
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the waiter is granted");
+    (grant, released.elapsed())
+}
+
 fn first_stage(command: &Document) -> Option<&Document> {
     command.get_array("pipeline").ok()?.first()?.as_document()
 }
@@ -191,18 +212,7 @@ async fn a_release_elsewhere_wakes_the_waiter_through_the_stream_on_secantus_and
     }
     actix_rt::time::sleep(Duration::from_millis(500)).await;
 
-    let released = Instant::now();
-    holder
-        .send(Unlock::new(held.lock_id))
-        .await
-        .unwrap()
-        .unwrap();
-    let grant = acquire
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the waiter is granted");
-    let waited = released.elapsed();
+    let (grant, waited) = release_and_time_the_hand_off(&holder, &held, acquire).await;
 
     assert!(grant.fence > held.fence);
     if streams {
@@ -339,18 +349,7 @@ async fn a_stream_whose_connection_closes_resumes_after_its_last_event_on_secant
     .await;
     fail_command_off().await;
 
-    let released = Instant::now();
-    holder
-        .send(Unlock::new(held.lock_id))
-        .await
-        .unwrap()
-        .unwrap();
-    let grant = acquire
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the waiter is granted");
-    let waited = released.elapsed();
+    let (grant, waited) = release_and_time_the_hand_off(&holder, &held, acquire).await;
 
     assert!(grant.fence > held.fence);
     assert!(
