@@ -4,6 +4,8 @@
 //! ```text
 //! scripts/with-mongo cargo bench --bench lock_bench            # table on stdout
 //! BENCH_JSON=path.json scripts/with-mongo cargo bench --bench lock_bench
+//! BENCH_ROWS=cross,fair scripts/with-mongo cargo bench --bench lock_bench  # some rows only:
+//!     local, cross, requests, fair, throughput, memory (B and the uncontended rows always)
 //! ```
 //!
 //! Rows: B (one raw findOneAndUpdate), uncontended Lock and Lock+Unlock, local hand-off
@@ -68,6 +70,14 @@ fn family(name: &str) -> String {
         "bench_{name}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+/// Whether the run measures the rows of `group` (`BENCH_ROWS=fair,cross`, say; all by
+/// default). The uncontended rows, which give B, always run.
+fn wants(group: &str) -> bool {
+    std::env::var("BENCH_ROWS")
+        .map(|rows| rows.split(',').any(|row| row.trim() == group))
+        .unwrap_or(true)
 }
 
 fn config(name: &str) -> LockConfig {
@@ -825,39 +835,41 @@ async fn main() {
         "<= 1.15 (2.3 x B)",
     );
 
-    let grants = if quick { 100 } else { 400 };
-    for (polling, label) in [
-        (Polling::Adaptive, "adaptive"),
-        (Polling::Fixed, "seed fixed 250 ms"),
-    ] {
-        let manager = start(&config("local")).await;
-        let grants = if polling == Polling::Fixed {
-            grants / 10
-        } else {
-            grants
-        };
-        let mut hand_offs = local_hand_off(&manager, 8, grants, polling).await;
-        let p50 = ms(percentile(&mut hand_offs, 0.5));
-        let p99 = ms(percentile(&mut hand_offs, 0.99));
-        let target = if polling == Polling::Adaptive {
-            "<= 2"
-        } else {
-            "comparison"
-        };
-        table.add(
-            &format!("local hand-off, 8 waiters, p50 ({label})"),
-            p50,
-            "ms",
-            Some((b, "B")),
-            target,
-        );
-        table.add(
-            &format!("local hand-off, 8 waiters, p99 ({label})"),
-            p99,
-            "ms",
-            Some((b, "B")),
-            "",
-        );
+    if wants("local") {
+        let grants = if quick { 100 } else { 400 };
+        for (polling, label) in [
+            (Polling::Adaptive, "adaptive"),
+            (Polling::Fixed, "seed fixed 250 ms"),
+        ] {
+            let manager = start(&config("local")).await;
+            let grants = if polling == Polling::Fixed {
+                grants / 10
+            } else {
+                grants
+            };
+            let mut hand_offs = local_hand_off(&manager, 8, grants, polling).await;
+            let p50 = ms(percentile(&mut hand_offs, 0.5));
+            let p99 = ms(percentile(&mut hand_offs, 0.99));
+            let target = if polling == Polling::Adaptive {
+                "<= 2"
+            } else {
+                "comparison"
+            };
+            table.add(
+                &format!("local hand-off, 8 waiters, p50 ({label})"),
+                p50,
+                "ms",
+                Some((b, "B")),
+                target,
+            );
+            table.add(
+                &format!("local hand-off, 8 waiters, p99 ({label})"),
+                p99,
+                "ms",
+                Some((b, "B")),
+                "",
+            );
+        }
     }
 
     let seconds = if quick { 4 } else { 12 };
@@ -874,142 +886,152 @@ async fn main() {
     } else {
         "adaptive, probing"
     };
-    for (polling, label) in [
-        (Polling::Adaptive, adaptive),
-        (Polling::Fixed, "seed fixed 250 ms"),
-    ] {
-        let mut hand_offs = cross_process(polling, seconds);
-        let p50 = ms(percentile(&mut hand_offs, 0.5));
-        let p99 = ms(percentile(&mut hand_offs, 0.99));
-        let (target_p50, target_p99) = match (polling, streams) {
-            (Polling::Adaptive, true) => ("<= 3", "<= 10"),
-            (Polling::Adaptive, false) => ("reported", "reported"),
-            (Polling::Fixed, _) => ("comparison", ""),
-        };
+    if wants("cross") {
+        for (polling, label) in [
+            (Polling::Adaptive, adaptive),
+            (Polling::Fixed, "seed fixed 250 ms"),
+        ] {
+            let mut hand_offs = cross_process(polling, seconds);
+            let p50 = ms(percentile(&mut hand_offs, 0.5));
+            let p99 = ms(percentile(&mut hand_offs, 0.99));
+            let (target_p50, target_p99) = match (polling, streams) {
+                (Polling::Adaptive, true) => ("<= 3", "<= 10"),
+                (Polling::Adaptive, false) => ("reported", "reported"),
+                (Polling::Fixed, _) => ("comparison", ""),
+            };
+            table.add(
+                &format!(
+                    "cross-process hand-off, p50 ({label}, n={})",
+                    hand_offs.len()
+                ),
+                p50,
+                "ms",
+                Some((b, "B")),
+                target_p50,
+            );
+            table.add(
+                &format!("cross-process hand-off, p99 ({label})"),
+                p99,
+                "ms",
+                Some((b, "B")),
+                target_p99,
+            );
+        }
+    }
+
+    if wants("requests") {
+        let wait = if quick { 5 } else { 10 };
+        let (fixed, _) = waiting_requests(Polling::Fixed, wait).await;
+        let (adaptive_rate, commands) = waiting_requests(Polling::Adaptive, wait).await;
         table.add(
             &format!(
-                "cross-process hand-off, p50 ({label}, n={})",
-                hand_offs.len()
+                "requests/s of a manager waiting {wait} s for a resource held by another process \
+                 ({adaptive})"
             ),
-            p50,
-            "ms",
-            Some((b, "B")),
-            target_p50,
+            adaptive_rate,
+            "req/s",
+            Some((fixed, "seed fixed 250 ms")),
+            if streams { "<= 2 req/s" } else { "<= 4 req/s" },
+        );
+        table.commands(commands);
+    }
+
+    if wants("fair") {
+        let fair_seconds = if quick { 8 } else { 20 };
+        let (two, one) = fair_turns(fair_seconds);
+        table.add(
+            &format!(
+                "two processes x 4 workers, 1 resource, {fair_seconds} s: smaller process's share"
+            ),
+            two.smaller_share * 100.0,
+            "%",
+            None,
+            "40-60 %",
         );
         table.add(
-            &format!("cross-process hand-off, p99 ({label})"),
-            p99,
-            "ms",
-            Some((b, "B")),
-            target_p99,
+            &format!(
+                "two processes x 4 workers, 1 resource, {fair_seconds} s: longest streak while the \
+                 other waited"
+            ),
+            two.longest_streak as f64,
+            "grants",
+            None,
+            "<= 4",
+        );
+        table.add(
+            &format!(
+                "two processes x 4 workers, 1 resource, {fair_seconds} s: grants/s ({} refused)",
+                two.refused
+            ),
+            two.per_second,
+            "grants/s",
+            Some((one.per_second, "1 process x 8 workers")),
+            ">= 0.5",
         );
     }
 
-    let wait = if quick { 5 } else { 10 };
-    let (fixed, _) = waiting_requests(Polling::Fixed, wait).await;
-    let (adaptive_rate, commands) = waiting_requests(Polling::Adaptive, wait).await;
-    table.add(
-        &format!(
-            "requests/s of a manager waiting {wait} s for a resource held by another process \
-             ({adaptive})"
-        ),
-        adaptive_rate,
-        "req/s",
-        Some((fixed, "seed fixed 250 ms")),
-        if streams { "<= 2 req/s" } else { "<= 4 req/s" },
-    );
-    table.commands(commands);
-
-    let fair_seconds = if quick { 8 } else { 20 };
-    let (two, one) = fair_turns(fair_seconds);
-    table.add(
-        &format!(
-            "two processes x 4 workers, 1 resource, {fair_seconds} s: smaller process's share"
-        ),
-        two.smaller_share * 100.0,
-        "%",
-        None,
-        "40-60 %",
-    );
-    table.add(
-        &format!(
-            "two processes x 4 workers, 1 resource, {fair_seconds} s: longest streak while the \
-             other waited"
-        ),
-        two.longest_streak as f64,
-        "grants",
-        None,
-        "<= 4",
-    );
-    table.add(
-        &format!(
-            "two processes x 4 workers, 1 resource, {fair_seconds} s: grants/s ({} refused)",
-            two.refused
-        ),
-        two.per_second,
-        "grants/s",
-        Some((one.per_second, "1 process x 8 workers")),
-        ">= 0.5",
-    );
-
-    // Fresh resources first (each grant creates its document, plus the one-read check that it
-    // is the only one), then, once every resource exists, the same resources again (the steady
-    // state of a lock family).
-    let raw_one = raw_throughput(&raw_collection, 16, 1, run).await;
-    let fresh = raw
-        .database(DATABASE)
-        .collection::<Document>(&family("raw_many"));
-    let raw_fresh = raw_throughput(&fresh, 16, 1000, run).await;
-    for resource in 0..1000 {
-        raw_grant(&fresh, &format!("raw-{resource}")).await;
+    if wants("throughput") {
+        // Fresh resources first (each grant creates its document, plus the one-read check that it
+        // is the only one), then, once every resource exists, the same resources again (the steady
+        // state of a lock family).
+        let raw_one = raw_throughput(&raw_collection, 16, 1, run).await;
+        let fresh = raw
+            .database(DATABASE)
+            .collection::<Document>(&family("raw_many"));
+        let raw_fresh = raw_throughput(&fresh, 16, 1000, run).await;
+        for resource in 0..1000 {
+            raw_grant(&fresh, &format!("raw-{resource}")).await;
+        }
+        let raw_reused = raw_throughput(&fresh, 16, 1000, run).await;
+        let manager = start(&config("throughput")).await;
+        let (one, lost_one) = lock_throughput(&manager, 16, 1, run).await;
+        let (many_fresh, lost_fresh) = lock_throughput(&manager, 16, 1000, run).await;
+        for resource in 0..1000 {
+            let grant = manager
+                .send(Lock::new(format!("t-{resource}")))
+                .await
+                .unwrap()
+                .expect("every resource is free between the passes");
+            manager
+                .send(Unlock::new(grant.lock_id))
+                .await
+                .unwrap()
+                .expect("Unlock");
+        }
+        let (many_reused, lost_reused) = lock_throughput(&manager, 16, 1000, run).await;
+        table.add(
+            &format!("throughput, 16 workers, 1 resource ({lost_one} lost)"),
+            one,
+            "grants/s",
+            Some((raw_one, "raw, 16 tasks, 1 doc")),
+            "reported; no grant lost",
+        );
+        table.add(
+            &format!("throughput, 16 workers, 1,000 resources, first use ({lost_fresh} lost)"),
+            many_fresh,
+            "grants/s",
+            Some((raw_fresh, "raw, 16 tasks, 1,000 new docs")),
+            "reported",
+        );
+        table.add(
+            &format!("throughput, 16 workers, 1,000 resources, reused ({lost_reused} lost)"),
+            many_reused,
+            "grants/s",
+            Some((raw_reused, "raw, 16 tasks, 1,000 docs")),
+            ">= 0.4",
+        );
     }
-    let raw_reused = raw_throughput(&fresh, 16, 1000, run).await;
-    let manager = start(&config("throughput")).await;
-    let (one, lost_one) = lock_throughput(&manager, 16, 1, run).await;
-    let (many_fresh, lost_fresh) = lock_throughput(&manager, 16, 1000, run).await;
-    for resource in 0..1000 {
-        let grant = manager
-            .send(Lock::new(format!("t-{resource}")))
-            .await
-            .unwrap()
-            .expect("every resource is free between the passes");
-        manager
-            .send(Unlock::new(grant.lock_id))
-            .await
-            .unwrap()
-            .expect("Unlock");
-    }
-    let (many_reused, lost_reused) = lock_throughput(&manager, 16, 1000, run).await;
-    table.add(
-        &format!("throughput, 16 workers, 1 resource ({lost_one} lost)"),
-        one,
-        "grants/s",
-        Some((raw_one, "raw, 16 tasks, 1 doc")),
-        "reported; no grant lost",
-    );
-    table.add(
-        &format!("throughput, 16 workers, 1,000 resources, first use ({lost_fresh} lost)"),
-        many_fresh,
-        "grants/s",
-        Some((raw_fresh, "raw, 16 tasks, 1,000 new docs")),
-        "reported",
-    );
-    table.add(
-        &format!("throughput, 16 workers, 1,000 resources, reused ({lost_reused} lost)"),
-        many_reused,
-        "grants/s",
-        Some((raw_reused, "raw, 16 tasks, 1,000 docs")),
-        ">= 0.4",
-    );
 
-    let per_waiter = memory_in_fresh_process(if quick { 2000 } else { 10_000 });
-    table.add(
-        "resident growth per waiting Acquire",
-        per_waiter,
-        "bytes",
-        None,
-        "<= 2048",
-    );
+    if wants("memory") {
+        let per_waiter = memory_in_fresh_process(if quick { 2000 } else { 10_000 });
+        table.add(
+            "resident growth per waiting Acquire",
+            per_waiter,
+            "bytes",
+            None,
+            "<= 2048",
+        );
+    }
 
     table.print();
     println!("\nserver: {server}");

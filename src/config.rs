@@ -28,6 +28,9 @@ pub const DEFAULT_UNLOCK_MAX_RETRIES: u32 = 100;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default bound on `Close`; see [`LockConfig::close_timeout`].
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default [`LockConfig::turn_streak`]: a manager may serve up to 3 of its own waiters in a
+/// row while other managers wait in line.
+pub const DEFAULT_TURN_STREAK: u32 = 3;
 /// The shortest lease: shorter ones would expire before the grant's reply arrives.
 pub const MIN_TTL: Duration = Duration::from_millis(10);
 /// The longest lease: one year. "Forever" is not a lease; a dead holder would keep the resource.
@@ -87,6 +90,15 @@ pub struct LockConfig {
     /// then releases the holds still held; a purge in progress is abandoned (it only tidies up).
     /// Holds it could not release by then end with their leases, and its report counts them.
     pub close_timeout: Duration,
+    /// How many grants in a row a manager may make on one resource while other managers wait
+    /// in its line: after a grant, while it has more waiters of its own, it keeps the turn for
+    /// them (without a database round trip across processes) up to this many grants, then hands
+    /// the turn to the next manager in line. Default 3 ([`DEFAULT_TURN_STREAK`]). 1 is strict
+    /// turns, manager after manager: fairest, but every grant under contention between
+    /// processes is then a hand-off between processes, the slowest kind. Larger trades a waiter
+    /// elsewhere's wait (at most this many holds per manager ahead of it) for throughput.
+    /// Not zero.
+    pub turn_streak: u32,
     /// Who holds, stored with every grant (square/mongo-lock's `owner`). Default: the process
     /// name and id.
     pub owner: String,
@@ -112,6 +124,7 @@ impl LockConfig {
             unlock_max_retries: DEFAULT_UNLOCK_MAX_RETRIES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            turn_streak: DEFAULT_TURN_STREAK,
             owner: default_owner(),
             host: default_host(),
             clock: LocalClock::system(),
@@ -161,6 +174,12 @@ impl LockConfig {
     /// Sets [`close_timeout`](Self::close_timeout).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// Sets [`turn_streak`](Self::turn_streak).
+    pub fn turn_streak(mut self, grants: u32) -> Self {
+        self.turn_streak = grants;
         self
     }
 
@@ -240,6 +259,9 @@ impl LockConfig {
         if self.acquire_period.is_zero() {
             return invalid("acquire_period must not be zero".to_owned());
         }
+        if self.turn_streak == 0 {
+            return invalid("turn_streak must be at least 1".to_owned());
+        }
         Ok(())
     }
 }
@@ -257,6 +279,7 @@ impl fmt::Debug for LockConfig {
             .field("unlock_max_retries", &self.unlock_max_retries)
             .field("request_timeout", &self.request_timeout)
             .field("close_timeout", &self.close_timeout)
+            .field("turn_streak", &self.turn_streak)
             .field("owner", &self.owner)
             .field("host", &self.host)
             .finish_non_exhaustive()
@@ -359,5 +382,11 @@ mod tests {
             .acquire_retries(Duration::from_millis(1), 0)
             .unlock_retries(Duration::ZERO, 0);
         assert!(no_retries.validate().is_ok(), "retries may be zero");
+    }
+
+    #[test]
+    fn a_turn_streak_is_at_least_one_grant() {
+        refused(LockConfig::new("orders").turn_streak(0), "turn_streak");
+        assert!(LockConfig::new("orders").turn_streak(1).validate().is_ok());
     }
 }

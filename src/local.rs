@@ -149,6 +149,11 @@ impl LocalWaiters {
         self.queues.borrow().contains_key(resource)
     }
 
+    /// How many Acquires wait here for `resource`.
+    pub(crate) fn count(&self, resource: &ResourceId) -> usize {
+        self.queues.borrow().get(resource).map_or(0, VecDeque::len)
+    }
+
     /// Tells the oldest waiter for `resource` to try now.
     pub(crate) fn wake_head(&self, resource: &ResourceId) {
         if let Some(head) = self.queues.borrow().get(resource).and_then(|q| q.front()) {

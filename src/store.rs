@@ -181,8 +181,9 @@ impl MongoStore {
     ///
     /// The grant also keeps the line of waiting managers ([`LineView`]): it is refused while
     /// another manager's turn is live (unless it is a retry of this grant), takes `in_line.manager`
-    /// out of the line, and hands the turn to `in_line.pass_to` (or to nobody). The answer
-    /// carries the line as the grant left it.
+    /// out of the line, and either hands the turn on ([`TurnAfter::Pass`]) or lets the granted
+    /// manager keep it for its own next waiter ([`TurnAfter::Keep`]). The answer carries the
+    /// line as the grant left it.
     pub(crate) async fn grant(
         &self,
         resource: &ResourceId,
@@ -217,14 +218,18 @@ impl MongoStore {
                     ] },
                 ],
             };
+            let (next_turn, pass_to) = match in_line.then {
+                TurnAfter::Pass(to) => (turn(to, now), to),
+                TurnAfter::Keep => (kept_turn(in_line.manager, now, ttl), None),
+            };
             let update = doc! {
                 "$set": {
                     "exclusive": self.held(lock_id, granted_at, None, expires_at),
                     "shared": { "count": 0, "locks": [] },
-                    "turn": turn(in_line.pass_to, now),
+                    "turn": next_turn,
                 },
                 "$inc": { "fence": 1_i64 },
-                "$pull": { "line": { "$in": leaving(in_line.manager, in_line.pass_to) } },
+                "$pull": { "line": { "$in": leaving(in_line.manager, pass_to) } },
             };
             let result = self
                 .collection
@@ -678,11 +683,22 @@ fn released() -> Document {
 /// killed process, a lost connection) lets it lapse, and then holds up the line this long.
 pub(crate) const TURN_LIFE: Duration = Duration::from_secs(5);
 
-/// Who a grant is for, in the line of waiting managers: the granting manager, and the manager
-/// the turn goes to next (the first in line, as last seen), if any.
+/// Who a grant is for, in the line of waiting managers: the granting manager, and whose turn
+/// it is once the grant is made.
 pub(crate) struct InLine<'a> {
     pub(crate) manager: &'a str,
-    pub(crate) pass_to: Option<&'a str>,
+    pub(crate) then: TurnAfter<'a>,
+}
+
+/// Whose turn it is after a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TurnAfter<'a> {
+    /// The turn goes to this manager (the first in line, as last seen), or to nobody.
+    Pass(Option<&'a str>),
+    /// The granted manager keeps the turn, for its own next waiter: until the lease ends, and
+    /// at least [`TURN_LIFE`]. A manager that has nobody left to use it hands it on (`leave_line`);
+    /// a killed one blocks the line no longer than its lease.
+    Keep,
 }
 
 /// A resource's line of waiting managers and its hold, as one answer of the store saw them.
@@ -804,6 +820,11 @@ fn turn(to: Option<&str>, now: SystemTime) -> Document {
         Some(manager) => doc! { "manager": manager, "until": millis(now + TURN_LIFE) },
         None => doc! { "manager": "", "until": 0_i64 },
     }
+}
+
+/// The `turn` sub-document of a manager that keeps its turn through a grant with lease `ttl`.
+fn kept_turn(manager: &str, now: SystemTime, ttl: Duration) -> Document {
+    doc! { "manager": manager, "until": millis(now + ttl.max(TURN_LIFE)) }
 }
 
 fn read_fence(stored: &Document) -> Result<i64, LockError> {

@@ -23,7 +23,7 @@ use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix_mongo_lock::{Lock, LockConfig, Unlock, UnlockOutcome};
+use actix_mongo_lock::{Acquire, Lock, LockConfig, LockError, Unlock, UnlockOutcome};
 use support::contender::{Contender, ContenderRun, HoldLine};
 use support::history::History;
 use support::server::{manager, unique_name, uri};
@@ -383,4 +383,174 @@ fn every_resource_is_served_by_both_of_two_instances() {
             );
         }
     }
+}
+
+/// One grant in [`streaks_of`]: which manager, its fence, and when its Acquire was sent and
+/// granted (ms since the run began).
+struct Granted {
+    manager: usize,
+    fence: i64,
+    requested_ms: u128,
+    granted_ms: u128,
+}
+
+/// Two managers with `turn_streak(streak)` in this process (two places in the line, as two
+/// processes would be), 3 workers each taking turns on one resource for `run`: every grant.
+async fn grants_of_two_managers(streak: u32, run: Duration) -> Vec<Granted> {
+    let config = LockConfig::new(unique_name("streak"))
+        .database("actix_mongo_lock_tests")
+        .ttl(Duration::from_secs(10))
+        .turn_streak(streak);
+    let managers = [manager(&config).await, manager(&config).await];
+    let started = Instant::now();
+    let deadline = started + run;
+    let grants = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut workers = Vec::new();
+    for (index, locks) in managers.iter().enumerate() {
+        for _ in 0..3 {
+            let (locks, grants) = (locks.clone(), grants.clone());
+            workers.push(actix_rt::spawn(async move {
+                while Instant::now() < deadline {
+                    let requested_ms = started.elapsed().as_millis();
+                    let acquire = Acquire::new("r0").timeout(Duration::from_secs(10));
+                    let grant = locks
+                        .send(acquire)
+                        .await
+                        .expect("answers")
+                        .expect("granted");
+                    grants.borrow_mut().push(Granted {
+                        manager: index,
+                        fence: grant.fence,
+                        requested_ms,
+                        granted_ms: started.elapsed().as_millis(),
+                    });
+                    actix_rt::time::sleep(Duration::from_millis(3)).await;
+                    let unlocked = locks.send(Unlock::new(grant.lock_id)).await;
+                    assert_eq!(
+                        unlocked.expect("answers").expect("Unlock"),
+                        UnlockOutcome::Released
+                    );
+                }
+            }));
+        }
+    }
+    for worker in workers {
+        worker.await.expect("a worker panicked");
+    }
+    let mut grants = grants.take();
+    grants.sort_by_key(|g| g.fence);
+    grants
+}
+
+/// The longest run of grants in a row (by fence) to one manager, each made while the other
+/// manager had an Acquire waiting (sent before the grant, granted after it).
+fn longest_streak(grants: &[Granted]) -> usize {
+    let (mut streak, mut longest) = (0, 0);
+    let mut previous = None;
+    for grant in grants {
+        let other_waiting = grants.iter().any(|g| {
+            g.manager != grant.manager
+                && g.requested_ms <= grant.granted_ms
+                && g.granted_ms > grant.granted_ms
+        });
+        streak = match (other_waiting, previous == Some(grant.manager)) {
+            (false, _) => 0,
+            (true, true) => streak + 1,
+            (true, false) => 1,
+        };
+        longest = longest.max(streak);
+        previous = Some(grant.manager);
+    }
+    longest
+}
+
+#[test]
+fn a_manager_keeps_the_turn_for_at_most_turn_streak_grants_in_a_row() {
+    let _one = one_at_a_time();
+    actix_rt::System::new().block_on(async {
+        for streak in [1, 3] {
+            let grants = grants_of_two_managers(streak, Duration::from_secs(3)).await;
+            let longest = longest_streak(&grants);
+            let fences: Vec<i64> = grants.iter().map(|g| g.fence).collect();
+            let by_manager = |m: usize| grants.iter().filter(|g| g.manager == m).count();
+            eprintln!(
+                "turn_streak {streak}: {} grants ({} and {}), longest streak while the other \
+                 waited {longest}",
+                grants.len(),
+                by_manager(0),
+                by_manager(1)
+            );
+            assert!(grants.len() >= 20, "too few grants to judge: {fences:?}");
+            assert!(
+                longest <= streak as usize,
+                "turn_streak {streak}, but one manager was granted {longest} times in a row \
+                 while the other waited"
+            );
+            // Each keeps the turn for as long as it may: with 3 waiters each, always.
+            assert_eq!(
+                longest, streak as usize,
+                "turn_streak {streak}: no manager kept the turn that long"
+            );
+        }
+    });
+}
+
+/// A manager that kept the turn for its next waiter hands it on when that waiter gives up:
+/// the manager next in line is granted at the release, not when the kept turn would lapse
+/// (the end of the hold's 30 s lease).
+#[test]
+fn a_kept_turn_goes_on_when_the_waiter_it_was_kept_for_leaves() {
+    let _one = one_at_a_time();
+    actix_rt::System::new().block_on(async {
+        let config = LockConfig::new(unique_name("kept_turn"))
+            .database("actix_mongo_lock_tests")
+            .ttl(Duration::from_secs(30));
+        let (a, b, c) = (
+            manager(&config).await,
+            manager(&config).await,
+            manager(&config).await,
+        );
+        let waiting = |locks: &actix::Addr<actix_mongo_lock::LockManager>, timeout: u64| {
+            let locks = locks.clone();
+            actix_rt::spawn(async move {
+                let acquire = Acquire::new("r0").timeout(Duration::from_millis(timeout));
+                let answer = locks.send(acquire).await.expect("the manager answers");
+                (answer, Instant::now())
+            })
+        };
+        let first = b.send(Lock::new("r0")).await.unwrap().expect("free");
+        // A's W1 and W2 wait (A takes the turn), then C waits in line behind A.
+        let w1 = waiting(&a, 20_000);
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        let w2 = waiting(&a, 1_500);
+        actix_rt::time::sleep(Duration::from_millis(400)).await;
+        let c_waits = waiting(&c, 20_000);
+        actix_rt::time::sleep(Duration::from_millis(400)).await;
+        b.send(Unlock::new(first.lock_id))
+            .await
+            .unwrap()
+            .expect("Unlock");
+        // W1 is granted, and A keeps the turn for W2, which waits still, then gives up.
+        let w1_grant = w1.await.unwrap().0.expect("W1 is granted at B's release");
+        let (w2_answer, _) = w2.await.unwrap();
+        assert!(
+            matches!(w2_answer, Err(LockError::AcquireTimeout { .. })),
+            "W2 gives up while W1 holds: {w2_answer:?}"
+        );
+        let released = Instant::now();
+        a.send(Unlock::new(w1_grant.lock_id))
+            .await
+            .unwrap()
+            .expect("Unlock");
+        let (c_grant, c_at) = c_waits.await.unwrap();
+        let c_grant = c_grant.expect("C is granted after W1's release");
+        let after = c_at.saturating_duration_since(released);
+        eprintln!("C was granted {after:?} after W1's release");
+        assert!(c_grant.fence > w1_grant.fence);
+        // The kept turn would have lapsed with W1's lease, 30 s after its grant.
+        assert!(
+            after <= Duration::from_secs(5),
+            "C was granted {after:?} after the release: the kept turn was not handed on"
+        );
+    });
 }

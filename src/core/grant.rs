@@ -9,6 +9,7 @@ use crate::config::check_ttl;
 use crate::error::LockError;
 use crate::messages::{KeepAlive, Lock, LockGrant, LockId, ResourceId};
 use crate::reply::Caller;
+use crate::store::TurnAfter;
 
 use super::Core;
 
@@ -20,7 +21,7 @@ impl Core {
     ) -> Result<LockGrant, LockError> {
         let (resource, lock_id) = new_request(msg.resource_id)?;
         let ttl = self.lease(msg.ttl)?;
-        match self.attempt(&resource, &lock_id, ttl).await {
+        match self.attempt(&resource, &lock_id, ttl, false).await {
             Ok(Some(grant)) => self.deliver(grant, caller, msg.keep_alive),
             Ok(None) => Err(LockError::AlreadyLocked {
                 resource_id: resource.to_string(),
@@ -42,15 +43,27 @@ impl Core {
         }
     }
 
-    /// One grant attempt with a lease of `ttl`, recording the hold locally.
+    /// One grant attempt with a lease of `ttl`, recording the hold locally. `queued`: the
+    /// attempt is for a waiter in this manager's queue (an Acquire), not a `Lock`.
     pub(super) async fn attempt(
-        &self,
+        self: &Rc<Self>,
         resource: &ResourceId,
         lock_id: &LockId,
         ttl: Duration,
+        queued: bool,
     ) -> Result<Option<LockGrant>, LockError> {
         let sent = std::time::Instant::now();
-        let pass_to = self.next_in_line(resource);
+        let keep = self.may_keep_turn(resource, queued);
+        let pass_to = if keep {
+            None
+        } else {
+            self.next_in_line(resource)
+        };
+        let then = if keep {
+            TurnAfter::Keep
+        } else {
+            TurnAfter::Pass(pass_to.as_deref())
+        };
         let answer = self
             .store
             .grant(
@@ -58,7 +71,7 @@ impl Core {
                 lock_id,
                 self.clock.now(),
                 ttl,
-                &self.in_line(pass_to.as_deref()),
+                &self.in_line(then),
             )
             .await?;
         let Some((grant, line)) = answer else {
@@ -75,7 +88,7 @@ impl Core {
         }
         self.holds.insert(&grant, ttl);
         tracing::debug!(fence = grant.fence, "granted");
-        self.after_grant(resource, line, sent).await;
+        self.after_grant(resource, line, sent, keep, queued).await;
         Ok(Some(grant))
     }
 

@@ -7,9 +7,14 @@
 //! as it had waiters. So managers line up in the resource's document (the store's
 //! [`LineView`]): a manager whose waiter was refused takes one place at the end of the line,
 //! whatever the number of its waiters; the first in line gets the turn, and while a turn is
-//! live no other manager is granted the resource. A grant ends the granted manager's turn and
-//! place, and hands the turn to the next in line, so while k managers wait, each is granted
-//! within k grants. The turn holder renews its turn at every safety probe; a turn not renewed
+//! live no other manager is granted the resource. A grant ends the granted manager's place and
+//! hands the turn to the next in line, so while k managers wait, each is granted within k
+//! turns. A manager with more waiters of its own may keep the turn through a grant, for its
+//! next waiter, up to [`turn_streak`](crate::LockConfig::turn_streak) grants in a row: the
+//! cohort locks' trade (Dice, Marathe and Shavit, "Lock Cohorting", PPoPP 2012), where a
+//! hand-off inside a process costs a wake-up and one between processes a round trip through
+//! the database. So a turn is up to `turn_streak` grants, and a waiter elsewhere waits at most
+//! that many holds per manager ahead of it. The turn holder renews its turn at every safety probe; a turn not renewed
 //! lapses after [`TURN_LIFE`](crate::store::TURN_LIFE) (a killed process), and then anyone may
 //! be granted and the turn goes on down the line.
 //!
@@ -28,7 +33,7 @@ use crate::drain::InFlight;
 
 use crate::error::LockError;
 use crate::messages::ResourceId;
-use crate::store::{InLine, LineView};
+use crate::store::{InLine, LineView, TurnAfter};
 
 use super::Core;
 
@@ -40,6 +45,8 @@ pub(crate) struct Lines {
     /// The lines seen here, by resource, as last seen; kept while this manager has a place
     /// in them or waiters for them.
     seen: RefCell<HashMap<ResourceId, LineView>>,
+    /// By resource: the grants in a row through which this manager has kept the turn.
+    kept: RefCell<HashMap<ResourceId, u32>>,
 }
 
 impl Lines {
@@ -47,6 +54,7 @@ impl Lines {
         Lines {
             manager: uuid::Uuid::new_v4().simple().to_string(),
             seen: RefCell::default(),
+            kept: RefCell::default(),
         }
     }
 
@@ -87,13 +95,25 @@ impl Lines {
 }
 
 impl Core {
-    /// Who a grant of `resource` is for, in its line: this manager, and the manager to hand
-    /// the turn to (`pass_to`: the next in line, as last seen here, from [`Lines::next`]).
-    pub(super) fn in_line<'a>(&'a self, pass_to: Option<&'a str>) -> InLine<'a> {
+    /// Who a grant is for, in its line: this manager, and whose turn it is then.
+    pub(super) fn in_line<'a>(&'a self, then: TurnAfter<'a>) -> InLine<'a> {
         InLine {
             manager: self.lines.manager(),
-            pass_to,
+            then,
         }
+    }
+
+    /// Whether a grant of `resource` here may keep the turn for this manager's next waiter:
+    /// another waiter of its own waits besides the one granted (`queued`: the grant is for one
+    /// in the queue), and the turn has not yet been kept through `turn_streak - 1` grants in a
+    /// row.
+    pub(super) fn may_keep_turn(&self, resource: &ResourceId, queued: bool) -> bool {
+        let others = self
+            .waiters
+            .count(resource)
+            .saturating_sub(usize::from(queued));
+        let kept = self.lines.kept.borrow().get(resource).copied().unwrap_or(0);
+        others > 0 && kept + 1 < self.config.turn_streak
     }
 
     /// The next in `resource`'s line after this manager, as last seen here.
@@ -109,7 +129,34 @@ impl Core {
     /// The pass shares the grant's `request_timeout`, counted from `sent` (when the grant was
     /// sent): a grant is answered within that bound, passed on or not; if it is cut off, the
     /// next manager to look at the line settles it.
-    pub(super) async fn after_grant(&self, resource: &ResourceId, view: LineView, sent: Instant) {
+    ///
+    /// A grant that kept the turn (`kept`) for a next waiter who has left meanwhile (`queued`:
+    /// the grant was for a waiter in the queue) hands the turn on at once, in the background.
+    pub(super) async fn after_grant(
+        self: &Rc<Self>,
+        resource: &ResourceId,
+        view: LineView,
+        sent: Instant,
+        kept: bool,
+        queued: bool,
+    ) {
+        if kept {
+            *self
+                .lines
+                .kept
+                .borrow_mut()
+                .entry(resource.clone())
+                .or_default() += 1;
+        } else {
+            self.lines.kept.borrow_mut().remove(resource);
+        }
+        if kept && self.waiters.count(resource) <= usize::from(queued) {
+            let next = view.next_after(self.lines.manager()).map(str::to_owned);
+            self.lines.seen.borrow_mut().remove(resource);
+            self.lines.kept.borrow_mut().remove(resource);
+            self.leave_line_in_background(resource, next);
+            return;
+        }
         let view = if view.unserved_first().is_some() {
             let deadline = sent + self.config.request_timeout;
             let settle = self.settle(resource, view.clone());
@@ -184,9 +231,15 @@ impl Core {
         let in_line = self.lines.is_in_line(resource);
         let next = self.lines.next(resource);
         self.lines.seen.borrow_mut().remove(resource);
-        if !in_line {
-            return;
+        self.lines.kept.borrow_mut().remove(resource);
+        if in_line {
+            self.leave_line_in_background(resource, next);
         }
+    }
+
+    /// Takes this manager out of `resource`'s line, handing its turn (if it has it) to `next`:
+    /// one request, within `request_timeout`, in the background (Close waits for it).
+    fn leave_line_in_background(self: &Rc<Self>, resource: &ResourceId, next: Option<String>) {
         let core = Rc::clone(self);
         let resource = resource.clone();
         let token: InFlight = self.drain.extend();

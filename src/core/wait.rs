@@ -49,6 +49,7 @@ impl Core {
             answered: Cell::new(false),
             last_try_lost: Cell::new(false),
             last_error: RefCell::new(None),
+            queued: matches!(msg.polling, Polling::Adaptive),
         };
         let result = match msg.polling {
             Polling::Fixed => self.acquire_fixed(&wait).await,
@@ -83,7 +84,7 @@ impl Core {
 
     /// dplock's Acquire: a try every `acquire_period`, `acquire_max_retries` times after the
     /// first. A retry counts from the moment it is decided, before its pause.
-    async fn acquire_fixed(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
+    async fn acquire_fixed(self: &Rc<Self>, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
         loop {
             if let Some(grant) = self.attempt_tolerant(wait).await? {
                 return Ok(grant);
@@ -103,7 +104,7 @@ impl Core {
     /// place in the resource's line (`line.rs`, `watch.rs`): woken by a release it tries at
     /// once; woken by its timer it looks at the line first, and tries only if the resource is
     /// free and its turn (or nobody's). Every probe after the first counts as a retry.
-    async fn acquire_adaptive(&self, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
+    async fn acquire_adaptive(self: &Rc<Self>, wait: &Wait<'_>) -> Result<LockGrant, WaitEnd> {
         // Take a place in line before the first probe, so arrival order is grant order.
         let place = self.waiters.join(&wait.resource);
         let mut remote = RemoteWait::new(self.config.acquire_period);
@@ -153,10 +154,13 @@ impl Core {
     /// wait's deadline. A transient database error counts as "not yet"; it, or a cut-off, leaves
     /// the attempt's outcome unknown, which the wait remembers so that a wait ending without a
     /// grant releases the lock id after all.
-    async fn attempt_tolerant(&self, wait: &Wait<'_>) -> Result<Option<LockGrant>, WaitEnd> {
+    async fn attempt_tolerant(
+        self: &Rc<Self>,
+        wait: &Wait<'_>,
+    ) -> Result<Option<LockGrant>, WaitEnd> {
         let first = wait.attempts.get() == 0;
         wait.attempts.set(wait.attempts.get() + 1);
-        let attempt = self.attempt(&wait.resource, &wait.lock_id, wait.ttl);
+        let attempt = self.attempt(&wait.resource, &wait.lock_id, wait.ttl, wait.queued);
         let answer = if first {
             Ok(attempt.await)
         } else {
@@ -250,6 +254,9 @@ struct Wait<'a> {
     last_try_lost: Cell<bool>,
     /// The last database error an attempt met.
     last_error: RefCell<Option<String>>,
+    /// Whether the wait has a place in this manager's queue (adaptive polling does; dplock's
+    /// fixed polling does not).
+    queued: bool,
 }
 
 impl Wait<'_> {
