@@ -373,7 +373,7 @@ impl MongoStore {
             let stored = self
                 .collection
                 .find_one(doc! { "resource": self.stored_name(resource) })
-                .projection(doc! { "exclusive": 1, "shared": 1, "turn": 1, "line": 1 })
+                .projection(doc! { "exclusive": 1, "shared": 1, "turn": 1, "line": 1, "fence": 1 })
                 .await?;
             stored
                 .map(|stored| LineView::read(&stored, now))
@@ -768,6 +768,9 @@ pub(crate) struct LineView {
     /// The manager whose turn is live, and until when (server time).
     pub(crate) turn: Option<(String, SystemTime)>,
     pub(crate) line: Vec<String>,
+    /// The resource's fence: it rises with every grant, so a change between two looks says
+    /// the resource is being handed on.
+    pub(crate) fence: Option<i64>,
 }
 
 impl LineView {
@@ -812,6 +815,7 @@ impl LineView {
             held_until,
             turn,
             line,
+            fence: stored.get("fence").and_then(as_integer),
         })
     }
 
@@ -837,6 +841,11 @@ impl LineView {
     /// Whether `manager` has a place: the turn, or one in the line after it.
     pub(crate) fn has_place_of(&self, manager: &str) -> bool {
         self.is_turn_of(manager) || self.line.iter().any(|m| m == manager)
+    }
+
+    /// Whether `manager` is next to be granted: the turn is its own, or it is first in line.
+    pub(crate) fn is_next(&self, manager: &str) -> bool {
+        self.is_turn_of(manager) || self.line.first().is_some_and(|first| first == manager)
     }
 
     /// The first in line other than `manager`.

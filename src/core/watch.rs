@@ -319,6 +319,8 @@ pub(super) struct RemoteWait {
     grantable: bool,
     backoff: Backoff,
     safety_probe: Duration,
+    /// The resource's fence at the last look.
+    last_fence: Option<i64>,
 }
 
 impl RemoteWait {
@@ -328,6 +330,7 @@ impl RemoteWait {
             grantable: false,
             backoff: Backoff::new(acquire_period),
             safety_probe: SAFETY_PROBE.max(acquire_period.saturating_mul(4)),
+            last_fence: None,
         }
     }
 
@@ -385,11 +388,19 @@ impl Core {
             .held_until
             .or(view.turn.as_ref().map(|(_, until)| *until));
         let until_end = ends.map(|at| self.clock.until(at) + AFTER_EXPIRY);
+        // Without a stream: while this manager is next to be granted and the resource has been
+        // granted since the last look, the holds are short and the next release is near, so
+        // the pauses start again from the first; otherwise they keep growing.
+        let handed_on = wait.last_fence.is_some() && view.fence != wait.last_fence;
+        wait.last_fence = view.fence;
         let pause = if self.release_watch.streaming() {
             until_end
                 .unwrap_or(wait.safety_probe)
                 .min(wait.safety_probe)
         } else {
+            if handed_on && view.is_next(self.lines.manager()) {
+                wait.backoff.restart();
+            }
             wait.backoff.next_pause()
         };
         pause.min(until_end.unwrap_or(Duration::MAX))
@@ -399,8 +410,11 @@ impl Core {
 /// The fall-back pauses of [`Polling::Adaptive`](crate::Polling::Adaptive) for a resource held
 /// elsewhere: a tenth of `acquire_period` first, doubling up to `acquire_period`, each with
 /// jitter of up to +40 % (never shorter, so the rates below are ceilings). A default wait (2.5 s
-/// at 250 ms) thus sends at most 14 probes, and a long one at most one per `acquire_period`.
+/// at 250 ms) thus sends at most 14 probes, and a long one at most one per `acquire_period`,
+/// unless the pauses [`restart`](Backoff::restart): only for the manager next to be granted,
+/// when the resource changed hands since its last look (`remote_pause`).
 pub(super) struct Backoff {
+    first: Duration,
     next: Duration,
     max: Duration,
 }
@@ -408,9 +422,15 @@ pub(super) struct Backoff {
 impl Backoff {
     pub(super) fn new(acquire_period: Duration) -> Self {
         Backoff {
+            first: acquire_period / 10,
             next: acquire_period / 10,
             max: acquire_period,
         }
+    }
+
+    /// The next pause is the first, short one again.
+    pub(super) fn restart(&mut self) {
+        self.next = self.first;
     }
 
     pub(super) fn next_pause(&mut self) -> Duration {
@@ -438,6 +458,20 @@ mod tests {
                 return probes;
             }
         }
+    }
+
+    #[test]
+    fn a_restart_makes_the_next_pause_the_first_again() {
+        let period = Duration::from_millis(250);
+        let mut backoff = Backoff::new(period);
+        for _ in 0..6 {
+            backoff.next_pause();
+        }
+        backoff.restart();
+        let first = backoff.next_pause();
+        let second = backoff.next_pause();
+        assert!(first >= Duration::from_millis(25) && first <= Duration::from_millis(35));
+        assert!(second >= Duration::from_millis(50) && second <= Duration::from_millis(70));
     }
 
     #[test]
