@@ -209,17 +209,29 @@ impl Table {
 /// the lock id branch matching, so it succeeds every time), straight through the driver.
 async fn raw_grant(collection: &Collection<Document>, resource: &str) {
     let now = mongodb::bson::DateTime::now();
+    let now_ms = now.timestamp_millis();
     let lock_id = format!("raw-{resource}");
+    // The store's grant, line of waiting managers included: the same filter (free, expired or
+    // our own lock id; and nobody else's turn) and the same update (the hold, the fence, the
+    // turn handed to nobody, this manager out of the line).
     collection
         .find_one_and_update(
             doc! {
                 "resource": resource,
                 "shared.count": 0,
-                "$and": [{ "$or": [
-                    { "exclusive.acquired": false },
-                    { "exclusive.expiresAt": { "$lt": now } },
-                    { "exclusive.lockId": &lock_id },
-                ] }],
+                "$and": [
+                    { "$or": [
+                        { "exclusive.acquired": false },
+                        { "exclusive.expiresAt": { "$lt": now } },
+                        { "exclusive.lockId": &lock_id },
+                    ] },
+                    { "$or": [
+                        { "turn": { "$exists": false } },
+                        { "turn.until": { "$lt": now_ms } },
+                        { "turn.manager": "raw-bench" },
+                        { "exclusive.lockId": &lock_id },
+                    ] },
+                ],
             },
             doc! {
                 "$set": {
@@ -228,8 +240,10 @@ async fn raw_grant(collection: &Collection<Document>, resource: &str) {
                         "createdAt": now, "renewedAt": null, "expiresAt": now, "acquired": true,
                     },
                     "shared": { "count": 0, "locks": [] },
+                    "turn": { "manager": "", "until": 0_i64 },
                 },
                 "$inc": { "fence": 1_i64 },
+                "$pull": { "line": { "$in": ["raw-bench"] } },
             },
         )
         .upsert(true)
@@ -266,7 +280,8 @@ async fn raw_throughput(
     done.get() as f64 / run.as_secs_f64()
 }
 
-/// Median of an uncontended Lock, and of Lock+Unlock, on fresh resources.
+/// Median of a raw grant (B), of an uncontended Lock, and of Lock+Unlock, each on a collection
+/// of one document.
 async fn uncontended(
     manager: &Addr<LockManager>,
     raw: &Collection<Document>,
@@ -276,14 +291,14 @@ async fn uncontended(
     let mut locks = Vec::with_capacity(samples);
     let mut pairs = Vec::with_capacity(samples);
     // Interleaved with raw round trips, so both see the same moment of a noisy machine; the
-    // warm-up creates every document first.
+    // warm-up creates both documents first.
     for i in 0..samples + 50 {
         let started = Instant::now();
         raw_grant(raw, "uncontended").await;
         let raw_took = started.elapsed();
         let started = Instant::now();
         let grant = manager
-            .send(Lock::new(format!("u-{}", i % 50)))
+            .send(Lock::new("u"))
             .await
             .unwrap()
             .expect("uncontended Lock");
@@ -814,7 +829,10 @@ async fn main() {
         .database(DATABASE)
         .collection::<Document>(&family("raw"));
     let manager = start(&config("uncontended")).await;
-    let (b, lock, pair) = uncontended(&manager, &raw_collection, samples).await;
+    let b_collection = raw
+        .database(DATABASE)
+        .collection::<Document>(&family("raw_b"));
+    let (b, lock, pair) = uncontended(&manager, &b_collection, samples).await;
     let b = ms(b);
     table.add(
         "B: raw findOneAndUpdate (the grant's shape), median",
