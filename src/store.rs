@@ -21,7 +21,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{FullDocumentType, IndexOptions, ReturnDocument};
+use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 
 use crate::config::LockConfig;
@@ -651,8 +651,11 @@ impl MongoStore {
     /// Opens a change stream of this collection that the server filters down to releases: an
     /// update whose `exclusive` sub-document was written whole with `acquired: false` (this
     /// crate's release and purge, square/mongo-lock's unlock and purge), a replace by a released
-    /// document, a delete, and the events that end the stream. `resume` continues after an
-    /// earlier stream's last event; after an invalidation it must start after it instead.
+    /// document, a delete, and the events that end the stream. Without `updateLookup`: an
+    /// update or delete names its document by `_id` only ([`ReleaseEvent::ReleasedDocument`]),
+    /// sparing the server a read per event and per stream. An idle `getMore` waits
+    /// [`RELEASE_STREAM_AWAIT`]. `resume` continues after an earlier stream's last event; after
+    /// an invalidation it must start after it instead.
     pub(crate) async fn watch_releases(
         &self,
         resume: Option<ResumeToken>,
@@ -670,7 +673,6 @@ impl MongoStore {
             .collection
             .watch()
             .pipeline(pipeline)
-            .full_document(FullDocumentType::UpdateLookup)
             .max_await_time(RELEASE_STREAM_AWAIT);
         let watch = match (resume, after_invalidation) {
             (Some(token), true) => watch.start_after(token),
@@ -771,6 +773,8 @@ pub(crate) struct LineView {
     /// The resource's fence: it rises with every grant, so a change between two looks says
     /// the resource is being handed on.
     pub(crate) fence: Option<i64>,
+    /// The document's `_id` ([`document_key`]): the release stream names documents by it.
+    pub(crate) document: Option<String>,
 }
 
 impl LineView {
@@ -816,6 +820,7 @@ impl LineView {
             turn,
             line,
             fence: stored.get("fence").and_then(as_integer),
+            document: document_key(stored),
         })
     }
 
@@ -852,6 +857,12 @@ impl LineView {
     pub(crate) fn next_after(&self, manager: &str) -> Option<&str> {
         self.line.iter().map(String::as_str).find(|m| *m != manager)
     }
+}
+
+/// A document's `_id` as a key, the same from a stored document and from a change event's
+/// `documentKey`.
+pub(crate) fn document_key(document: &Document) -> Option<String> {
+    document.get("_id").map(ToString::to_string)
 }
 
 /// `now` in server-clock milliseconds, as `turn.until` stores it.
@@ -944,10 +955,14 @@ pub(crate) struct ReleaseStream {
 /// What one event of a [`ReleaseStream`] says.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum ReleaseEvent {
-    /// This resource was released.
+    /// This resource was released (a replace, which carries the whole document).
     Released(ResourceId),
-    /// Some resource may have been released, which one is unknown (a delete, or a document
-    /// that is not of this lock family's shape).
+    /// The resource whose document has this `_id` ([`document_key`]) was released (an update
+    /// or a delete: the event names only the document, which saves the server a lookup per
+    /// event and per stream).
+    ReleasedDocument(String),
+    /// Some resource may have been released, which one is unknown (a document that is not of
+    /// this lock family's shape, or an event without a document key).
     Unknown,
     /// The stream ended: the collection was dropped or renamed. It can start again after
     /// [`ReleaseStream::resume_token`].
@@ -968,13 +983,19 @@ impl ReleaseStream {
             | OperationType::Drop
             | OperationType::Rename
             | OperationType::DropDatabase => ReleaseEvent::Invalidated,
-            _ => event
-                .full_document
-                .as_ref()
-                .and_then(|stored| stored.get_str("resource").ok())
-                .and_then(|name| name.strip_prefix(&self.prefix))
-                .and_then(|id| ResourceId::new(id).ok())
-                .map_or(ReleaseEvent::Unknown, ReleaseEvent::Released),
+            _ => match event.full_document.as_ref() {
+                Some(stored) => stored
+                    .get_str("resource")
+                    .ok()
+                    .and_then(|name| name.strip_prefix(&self.prefix))
+                    .and_then(|id| ResourceId::new(id).ok())
+                    .map_or(ReleaseEvent::Unknown, ReleaseEvent::Released),
+                None => event
+                    .document_key
+                    .as_ref()
+                    .and_then(document_key)
+                    .map_or(ReleaseEvent::Unknown, ReleaseEvent::ReleasedDocument),
+            },
         })
     }
 

@@ -63,6 +63,9 @@ pub(crate) struct ReleaseWatch {
     drain: Rc<Drain>,
     /// Resources held elsewhere and waited for here, with how many waits watch each.
     watched: RefCell<HashMap<ResourceId, usize>>,
+    /// The watched resources by their document's `_id`, as the waits' looks learned them: the
+    /// stream names a released document by it.
+    documents: RefCell<HashMap<String, ResourceId>>,
     /// The last watch left: the stream's task checks whether to close.
     emptied: Notify,
     state: Cell<StreamState>,
@@ -97,6 +100,7 @@ impl ReleaseWatch {
             waiters,
             drain,
             watched: RefCell::default(),
+            documents: RefCell::default(),
             emptied: Notify::new(),
             state: Cell::new(StreamState::Idle),
             supported: Cell::new(None),
@@ -219,6 +223,15 @@ impl ReleaseWatch {
                         failures = 0;
                         self.waiters.wake_head(&resource);
                     }
+                    Ok(ReleaseEvent::ReleasedDocument(document)) => {
+                        failures = 0;
+                        let resource = self.documents.borrow().get(&document).cloned();
+                        match resource {
+                            Some(resource) => self.waiters.wake_head(&resource),
+                            // Perhaps a watched resource whose document no look has read yet.
+                            None => self.wake_unknown_documents(),
+                        }
+                    }
                     Ok(ReleaseEvent::Unknown) => {
                         failures = 0;
                         self.wake_watched();
@@ -278,6 +291,22 @@ impl ReleaseWatch {
         self.watched.borrow().is_empty()
     }
 
+    /// Tells the heads of the watched resources whose document is not known here yet to look
+    /// again: a release of an unknown document may be theirs.
+    fn wake_unknown_documents(&self) {
+        let known: Vec<ResourceId> = self.documents.borrow().values().cloned().collect();
+        let unknown: Vec<ResourceId> = self
+            .watched
+            .borrow()
+            .keys()
+            .filter(|resource| !known.contains(resource))
+            .cloned()
+            .collect();
+        for resource in &unknown {
+            self.waiters.nudge_head(resource);
+        }
+    }
+
     /// Tells the heads of every watched resource to look again (a release may have gone
     /// unseen while no stream was open).
     fn wake_watched(&self) {
@@ -297,6 +326,17 @@ enum FallbackReason {
     Failing,
 }
 
+impl Watching {
+    /// Records the `_id` of the watched resource's document, as a look read it.
+    pub(super) fn learn_document(&self, document: Option<&str>) {
+        let mut documents = self.watch.documents.borrow_mut();
+        documents.retain(|_, resource| *resource != self.resource);
+        if let Some(document) = document {
+            documents.insert(document.to_owned(), self.resource.clone());
+        }
+    }
+}
+
 impl Drop for Watching {
     fn drop(&mut self) {
         let mut watched = self.watch.watched.borrow_mut();
@@ -304,6 +344,10 @@ impl Drop for Watching {
             *count -= 1;
             if *count == 0 {
                 watched.remove(&self.resource);
+                self.watch
+                    .documents
+                    .borrow_mut()
+                    .retain(|_, resource| *resource != self.resource);
             }
         }
         if watched.is_empty() {
@@ -373,6 +417,9 @@ impl Core {
                 return wait.backoff.next_pause().min(wait.safety_probe);
             }
         };
+        if let Some(watching) = &wait.watching {
+            watching.learn_document(view.as_ref().and_then(|seen| seen.document.as_deref()));
+        }
         // No document: nothing holds the resource.
         wait.grantable = view
             .as_ref()
