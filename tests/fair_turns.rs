@@ -492,9 +492,9 @@ fn a_manager_keeps_the_turn_for_turn_streak_grants_in_a_row_and_one_more_at_most
                 by_manager(1)
             );
             assert!(grants.len() >= 20, "too few grants to judge: {fences:?}");
-            // A manager granted while more of its waiters wait lines up again in the
-            // background; a grant elsewhere that lands first can find nobody in line and give
-            // the turn to nobody, and then one grant may go out of turn (docs/guide.md).
+            // A manager takes a place in line once a try of its is refused: two managers that
+            // keep winning their release races alternately are both out of line (the turn
+            // nobody's) until one wins twice, and then turns begin (docs/guide.md).
             assert!(
                 longest <= streak as usize + 1,
                 "turn_streak {streak}, but one manager was granted {longest} times in a row \
