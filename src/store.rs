@@ -356,9 +356,7 @@ impl MongoStore {
                 .return_document(ReturnDocument::After)
                 .await?;
         }
-        joined
-            .map(|stored| LineView::read(&stored, now))
-            .transpose()
+        LineView::read_found(joined, now)
     }
 
     /// Reads `resource`'s line and hold as they stand, writing nothing (`None`: the resource
@@ -375,9 +373,7 @@ impl MongoStore {
                 .find_one(doc! { "resource": self.stored_name(resource) })
                 .projection(doc! { "exclusive": 1, "shared": 1, "turn": 1, "line": 1, "fence": 1 })
                 .await?;
-            stored
-                .map(|stored| LineView::read(&stored, now))
-                .transpose()
+            LineView::read_found(stored, now)
         })
         .await
     }
@@ -399,9 +395,7 @@ impl MongoStore {
                 )
                 .return_document(ReturnDocument::After)
                 .await?;
-            passed
-                .map(|stored| LineView::read(&stored, now))
-                .transpose()
+            LineView::read_found(passed, now)
         })
         .await
     }
@@ -822,6 +816,11 @@ impl LineView {
             fence: stored.get("fence").and_then(as_integer),
             document: document_key(stored),
         })
+    }
+
+    /// The view of a document a request found, if it found one.
+    fn read_found(stored: Option<Document>, now: SystemTime) -> Result<Option<Self>, LockError> {
+        stored.map(|stored| Self::read(&stored, now)).transpose()
     }
 
     /// Whether `manager` may be granted the resource now: it is free and nobody else's turn is

@@ -27,10 +27,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
-use tracing::Instrument;
-
-use crate::drain::InFlight;
-
 use crate::error::LockError;
 use crate::messages::ResourceId;
 use crate::store::{InLine, LineView, TurnAfter, TURN_LIFE};
@@ -92,6 +88,11 @@ impl Lines {
             Some((_, until)) => *until > now && view.line.contains(&self.manager),
             None => false,
         }
+    }
+
+    /// Keeps `view` as the last seen of `resource`'s line.
+    fn remember(&self, resource: &ResourceId, view: LineView) {
+        self.seen.borrow_mut().insert(resource.clone(), view);
     }
 
     /// Records that this manager asked for a place in `resource`'s line.
@@ -191,7 +192,7 @@ impl Core {
             && (view.turn.is_some() || !view.line.is_empty())
             && !view.is_turn_of(self.lines.manager());
         if self.waiters.is_waited(resource) {
-            self.lines.seen.borrow_mut().insert(resource.clone(), view);
+            self.lines.remember(resource, view);
         } else {
             self.lines.seen.borrow_mut().remove(resource);
         }
@@ -207,35 +208,30 @@ impl Core {
     fn line_up_in_background(self: &Rc<Self>, resource: &ResourceId) {
         let core = Rc::clone(self);
         let resource = resource.clone();
-        let token: InFlight = self.drain.extend();
         self.lines.count_in(&resource);
-        actix_rt::spawn(
-            async move {
-                let lined_up = core
-                    .store
-                    .line_up(&resource, core.lines.manager(), core.clock.now())
-                    .await;
-                match lined_up {
-                    Ok(Some(view)) if core.waiters.is_waited(&resource) => {
-                        // The line-up may land after the other manager's grant, which then
-                        // found nobody in line and gave the turn to nobody: the first in line
-                        // gets it now, unless that is this manager still holding.
-                        let first_holds = view.unserved_first() == Some(core.lines.manager())
-                            && core.holds.live_lease(&resource, core.clock.now()).is_some();
-                        let view = if first_holds {
-                            view
-                        } else {
-                            core.settle(&resource, view).await
-                        };
-                        core.lines.seen.borrow_mut().insert(resource, view);
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "could not line up again"),
+        self.in_background(async move {
+            let lined_up = core
+                .store
+                .line_up(&resource, core.lines.manager(), core.clock.now())
+                .await;
+            match lined_up {
+                Ok(Some(view)) if core.waiters.is_waited(&resource) => {
+                    // The line-up may land after the other manager's grant, which then found
+                    // nobody in line and gave the turn to nobody: the first in line gets it
+                    // now, unless that is this manager still holding.
+                    let first_holds = view.unserved_first() == Some(core.lines.manager())
+                        && core.holds.live_lease(&resource, core.clock.now()).is_some();
+                    let view = if first_holds {
+                        view
+                    } else {
+                        core.settle(&resource, view).await
+                    };
+                    core.lines.remember(&resource, view);
                 }
-                drop(token);
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "could not line up again"),
             }
-            .in_current_span(),
-        );
+        });
     }
 
     /// Takes (or keeps) this manager's place in `resource`'s line, renewing its turn if it has
@@ -257,10 +253,7 @@ impl Core {
             let view = self.store.read_line(resource, now).await?;
             match view {
                 Some(view) if view.has_place_of(self.lines.manager()) && view.turn.is_some() => {
-                    self.lines
-                        .seen
-                        .borrow_mut()
-                        .insert(resource.clone(), view.clone());
+                    self.lines.remember(resource, view.clone());
                     return Ok(Some(view));
                 }
                 // Free, with no line at all: nothing to join.
@@ -279,10 +272,7 @@ impl Core {
             return Ok(None);
         };
         let view = self.settle(resource, view).await;
-        self.lines
-            .seen
-            .borrow_mut()
-            .insert(resource.clone(), view.clone());
+        self.lines.remember(resource, view.clone());
         Ok(Some(view))
     }
 
@@ -329,24 +319,19 @@ impl Core {
     fn leave_line_in_background(self: &Rc<Self>, resource: &ResourceId, next: Option<String>) {
         let core = Rc::clone(self);
         let resource = resource.clone();
-        let token: InFlight = self.drain.extend();
-        actix_rt::spawn(
-            async move {
-                let left = core
-                    .store
-                    .leave_line(
-                        &resource,
-                        core.lines.manager(),
-                        next.as_deref(),
-                        core.clock.now(),
-                    )
-                    .await;
-                if let Err(e) = left {
-                    tracing::debug!(error = %e, "could not leave the line; the place will be skipped");
-                }
-                drop(token);
+        self.in_background(async move {
+            let left = core
+                .store
+                .leave_line(
+                    &resource,
+                    core.lines.manager(),
+                    next.as_deref(),
+                    core.clock.now(),
+                )
+                .await;
+            if let Err(e) = left {
+                tracing::debug!(error = %e, "could not leave the line; the place will be skipped");
             }
-            .in_current_span(),
-        );
+        });
     }
 }

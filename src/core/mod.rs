@@ -24,11 +24,13 @@ mod wait;
 mod watch;
 
 use std::cell::Cell;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::SystemTime;
 
 use actix::{Addr, WeakRecipient};
 use mongodb::Client;
+use tracing::Instrument;
 
 use crate::clock::{ClockOffset, ServerClock};
 use crate::config::LockConfig;
@@ -101,6 +103,20 @@ impl Core {
             tracing::info!("lock manager stops granting");
         }
         self.drain.stop_granting();
+    }
+
+    /// Runs `work` beside the messages, on this manager's arbiter and in the current span:
+    /// work an accepted message leaves behind (a background release, leaving or joining a
+    /// line). `Close` waits for it, as it waits for the messages.
+    fn in_background(&self, work: impl Future<Output = ()> + 'static) {
+        let token: InFlight = self.drain.extend();
+        actix_rt::spawn(
+            async move {
+                work.await;
+                drop(token);
+            }
+            .in_current_span(),
+        );
     }
 
     /// This manager's purger, which reports each purge to `parent`.

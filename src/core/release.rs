@@ -5,9 +5,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tracing::Instrument;
-
-use crate::drain::InFlight;
 use crate::error::LockError;
 use crate::messages::{LockId, UnlockOutcome};
 
@@ -120,34 +117,29 @@ impl Core {
     /// is still on its way can land after the first try. While closing, one more try and done.
     pub(super) fn release_until_gone(self: &Rc<Self>, lock_id: LockId, ttl: Duration) {
         let core = Rc::clone(self);
-        let token: InFlight = self.drain.extend();
         let until = Instant::now() + ttl;
-        actix_rt::spawn(
-            async move {
-                let mut pause = Duration::from_millis(50);
-                loop {
-                    match core.store.release(&lock_id).await {
-                        Ok(true) => {
-                            core.forget_hold(&lock_id);
-                            tracing::debug!("released a hold nobody was given");
-                            break;
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::debug!(error = %e, "release failed; trying again"),
-                    }
-                    if Instant::now() >= until || core.drain.is_closing() {
+        self.in_background(async move {
+            let mut pause = Duration::from_millis(50);
+            loop {
+                match core.store.release(&lock_id).await {
+                    Ok(true) => {
+                        core.forget_hold(&lock_id);
+                        tracing::debug!("released a hold nobody was given");
                         break;
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = core.drain.closing() => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(2));
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(error = %e, "release failed; trying again"),
                 }
-                drop(token);
+                if Instant::now() >= until || core.drain.is_closing() {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = core.drain.closing() => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
-            .in_current_span(),
-        );
+        });
     }
 
     /// At Close: releases every hold granted here and not yet unlocked, so a process that shuts
