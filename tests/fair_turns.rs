@@ -23,9 +23,10 @@ use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix_mongo_lock::{Acquire, Lock, LockConfig, LockError, Unlock, UnlockOutcome};
+use actix_mongo_lock::{Acquire, Lock, LockConfig, LockError, Status, Unlock, UnlockOutcome};
 use support::contender::{Contender, ContenderRun, HoldLine};
 use support::history::History;
+use support::poll::eventually;
 use support::server::{manager, unique_name, uri};
 use tokio::sync::mpsc;
 
@@ -339,6 +340,109 @@ fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
             .expect("wait for C")
             .expect("C ends");
         assert!(status.success(), "C: {status}");
+    });
+}
+
+#[test]
+fn a_holder_killed_while_keeping_the_turn_holds_up_the_line_no_longer_than_its_lease() {
+    let _one = one_at_a_time();
+    let name = unique_name("killed_keeper");
+    let config = LockConfig::new(&name)
+        .database("actix_mongo_lock_tests")
+        .ttl(Duration::from_secs(60));
+    // K: two workers, each holding for a minute on a lease of 8 s. Both wait in K while the
+    // test holds; at the test's release K is granted for one while the other still waits, so
+    // K keeps the turn for it (turn_streak 3), and then K is killed holding it.
+    let lease = Duration::from_secs(8);
+    let keeper = Contender {
+        name: name.clone(),
+        process: "k".to_owned(),
+        workers: 2,
+        resources: 1,
+        seconds: 1,
+        ttl_ms: lease.as_millis() as u64,
+        hold_ms: 60_000,
+    };
+    let more = [
+        ("--timeout-ms", "60000"),
+        ("--requests", "1"),
+        ("--ask-lines", "1"),
+    ];
+    actix_rt::System::new().block_on(async {
+        let waiter = manager(&config).await;
+        let first = waiter
+            .send(Lock::new("r0"))
+            .await
+            .expect("the waiter's manager answers")
+            .expect("r0 is free");
+        let mut k = keeper.spawn_with(CONTENDER, &uri(), &more);
+        let mut k_lines = lines_of(&mut k);
+        for _ in 0..2 {
+            line_starting(&mut k_lines, "ASK", Duration::from_secs(20), "K's Acquires").await;
+        }
+        // Long enough for K's tries to be refused and K to wait in line.
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+        waiter
+            .send(Unlock::new(first.lock_id))
+            .await
+            .expect("the waiter's manager answers")
+            .expect("Unlock");
+        let held = eventually("K holds r0", Duration::from_secs(10), || {
+            let waiter = waiter.clone();
+            async move {
+                waiter
+                    .send(Status::new("r0"))
+                    .await
+                    .expect("the waiter's manager answers")
+                    .expect("Status")
+                    .filter(|hold| hold.live)
+            }
+        })
+        .await;
+        let lease_ends = held.expires_at.expect("a live hold has a lease end");
+        let acquire =
+            actix_rt::spawn(waiter.send(Acquire::new("r0").timeout(Duration::from_secs(40))));
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+
+        k.kill().expect("kill -9 K");
+        k.wait().expect("K is gone");
+        let killed = SystemTime::now();
+        while let Ok(line) = k_lines.try_recv() {
+            assert!(
+                !line.starts_with("HOLD"),
+                "K released before it was killed: {line}"
+            );
+        }
+        let grant = acquire
+            .await
+            .expect("the Acquire task")
+            .expect("the waiter's manager answers")
+            .expect("the waiter is granted once K's lease ends");
+        let answered = SystemTime::now();
+        // The kept turn lasts as long as K's lease; then the waiter's probing (the safety probe
+        // at least once a second) finds both ended.
+        let bound = lease_ends + Duration::from_secs(3);
+        eprintln!(
+            "killed keeper: K killed {:?} before its lease ended; the waiter was granted {:?} \
+             after it ended",
+            lease_ends.duration_since(killed).unwrap_or_default(),
+            answered.duration_since(lease_ends).unwrap_or_default()
+        );
+        assert!(
+            grant.granted_at >= lease_ends,
+            "granted at {:?}, before K's lease ended at {lease_ends:?}",
+            grant.granted_at
+        );
+        assert!(
+            answered <= bound,
+            "granted {:?} after K's lease ended: K's turn or place held up the line",
+            answered.duration_since(lease_ends).unwrap_or_default()
+        );
+        waiter
+            .send(Unlock::new(grant.lock_id))
+            .await
+            .expect("the waiter's manager answers")
+            .expect("Unlock");
     });
 }
 
