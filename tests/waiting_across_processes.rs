@@ -23,7 +23,7 @@ use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
 use support::poll::until;
-use support::server::{client, fast_config, manager, unique_name, uri};
+use support::server::{client, fast_config, manager, stored, unique_name, uri};
 
 /// One command a monitored manager sent.
 #[derive(Clone, Debug)]
@@ -409,6 +409,76 @@ async fn a_stream_that_keeps_failing_gives_way_to_probing_on_secantus() {
         (6..=13).contains(&probes),
         "{probes} probes in 3 s of probing at a 250 ms period"
     );
+}
+
+#[actix_rt::test]
+async fn a_manager_waiting_with_a_long_acquire_period_keeps_its_turn_live() {
+    // Pauses of 5 s and more between probes (the fall-back's grow to 5-7 s, the stream's
+    // safety probe is 20 s), against a turn that lapses 5 s after its last renewal.
+    let config = fast_config("turn_live")
+        .ttl(Duration::from_secs(60))
+        .acquire_retries(Duration::from_secs(5), 10);
+    let holder = manager(&config).await;
+    let held = holder.send(Lock::new("doc")).await.unwrap().unwrap();
+    let waiting = manager(&config).await;
+    let acquire =
+        actix_rt::spawn(waiting.send(Acquire::new("doc").timeout(Duration::from_secs(40))));
+
+    // Watched for 14 s, every 200 ms: once the waiting manager has the turn, it stays its own
+    // and live (its `until`, server-clock milliseconds, never behind this machine's clock).
+    let watched = Instant::now();
+    let mut turn_of: Option<String> = None;
+    let mut renewals = 0;
+    let mut last_until = 0;
+    while watched.elapsed() < Duration::from_secs(14) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let stored = stored(&config, "doc").await.expect("the held document");
+        if let Ok(turn) = stored.get_document("turn") {
+            let manager = turn.get_str("manager").unwrap_or_default().to_owned();
+            let until = match turn.get("until") {
+                Some(mongodb::bson::Bson::Int64(until)) => *until,
+                Some(mongodb::bson::Bson::Int32(until)) => i64::from(*until),
+                other => panic!("turn.until is {other:?}"),
+            };
+            if !manager.is_empty() {
+                if let Some(first) = &turn_of {
+                    assert_eq!(&manager, first, "the turn changed hands with one waiter");
+                }
+                assert!(
+                    until >= now_ms,
+                    "the waiting manager's turn lapsed {} ms ago, {:?} into the wait",
+                    now_ms - until,
+                    watched.elapsed()
+                );
+                if until != last_until && last_until != 0 {
+                    renewals += 1;
+                }
+                last_until = until;
+                turn_of = Some(manager);
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(turn_of.is_some(), "the waiting manager never took the turn");
+    assert!(
+        renewals >= 2,
+        "the turn was renewed {renewals} times in 14 s"
+    );
+
+    holder
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let grant = acquire
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the waiter is granted once the holder releases");
+    assert!(grant.fence > held.fence);
 }
 
 #[actix_rt::test]

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::drain::Drain;
 use crate::local::LocalWaiters;
 use crate::messages::ResourceId;
+use crate::store::TURN_LIFE;
 use crate::store::{is_unsupported_stream, MongoStore, ReleaseEvent};
 
 use super::Core;
@@ -392,7 +393,8 @@ impl Core {
     /// resource is free and the turn is nobody else's. With the stream working, until the
     /// holder's lease ends (an expiry produces no event) or another manager's turn lapses, or
     /// the safety probe, whichever is first: a release wakes the waiter sooner. Without, the
-    /// next fall-back pause, and the look at the line is the probe.
+    /// next fall-back pause, and the look at the line is the probe. Either way at most half a
+    /// [`TURN_LIFE`] while the turn is this manager's, so the next look renews it in time.
     ///
     /// The look is cut off at the wait's `deadline`, as later attempts are: the wait then ends.
     pub(super) async fn remote_pause(
@@ -450,7 +452,17 @@ impl Core {
             }
             wait.backoff.next_pause()
         };
-        pause.min(until_end.unwrap_or(Duration::MAX))
+        // The manager whose turn it is looks at least every half turn, so the look renews it
+        // before it lapses, whatever `acquire_period` makes the safety probe and the fall-back
+        // pauses (a turn that lapsed is anyone's).
+        let renew_within = if view.is_turn_of(self.lines.manager()) {
+            TURN_LIFE / 2
+        } else {
+            Duration::MAX
+        };
+        pause
+            .min(until_end.unwrap_or(Duration::MAX))
+            .min(renew_within)
     }
 }
 
