@@ -248,13 +248,50 @@ async fn line_starting(
     }
 }
 
+/// The configuration of the tests that kill a contender: its managers' leases (a minute) end
+/// no wait by themselves.
+fn minute_leases(name: &str) -> LockConfig {
+    LockConfig::new(name)
+        .database("actix_mongo_lock_tests")
+        .ttl(Duration::from_secs(60))
+}
+
+/// A contender's flags for one Acquire per worker, waiting up to a minute, announced by an
+/// `ASK` line.
+const ONE_LONG_ACQUIRE: [(&str, &str); 3] = [
+    ("--timeout-ms", "60000"),
+    ("--requests", "1"),
+    ("--ask-lines", "1"),
+];
+
+/// Kills `child` (`kill -9`), waits for it to be gone, and checks from what it printed
+/// meanwhile that `who` had released nothing: when it was killed.
+fn kill_before_any_release(
+    child: &mut Child,
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    who: &str,
+) -> SystemTime {
+    child
+        .kill()
+        .unwrap_or_else(|e| panic!("kill -9 {who}: {e}"));
+    child
+        .wait()
+        .unwrap_or_else(|e| panic!("{who} is gone: {e}"));
+    let killed = SystemTime::now();
+    while let Ok(line) = lines.try_recv() {
+        assert!(
+            !line.starts_with("HOLD"),
+            "{who} had a hold end before it was killed: {line}"
+        );
+    }
+    killed
+}
+
 #[test]
 fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
     let _one = one_at_a_time();
     let name = unique_name("killed_in_line");
-    let config = LockConfig::new(&name)
-        .database("actix_mongo_lock_tests")
-        .ttl(Duration::from_secs(60));
+    let config = minute_leases(&name);
     // One Acquire each, waiting up to a minute: only the holder's release can end B's and C's
     // waits, and C's ends only if B's place in line does not outlive B.
     let waiter = |process: &str| Contender {
@@ -266,11 +303,7 @@ fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
         ttl_ms: 10_000,
         hold_ms: 5,
     };
-    let more = [
-        ("--timeout-ms", "60000"),
-        ("--requests", "1"),
-        ("--ask-lines", "1"),
-    ];
+    let more = ONE_LONG_ACQUIRE;
     actix_rt::System::new().block_on(async {
         let holder = manager(&config).await;
         let grant = holder
@@ -289,15 +322,7 @@ fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
         line_starting(&mut c_lines, "ASK", Duration::from_secs(20), "C's Acquire").await;
         actix_rt::time::sleep(Duration::from_secs(1)).await;
 
-        b.kill().expect("kill -9 B");
-        b.wait().expect("B is gone");
-        let killed = unix_ms(SystemTime::now());
-        while let Ok(line) = b_lines.try_recv() {
-            assert!(
-                !line.starts_with("HOLD"),
-                "B was granted before it was killed: {line}"
-            );
-        }
+        let killed = unix_ms(kill_before_any_release(&mut b, &mut b_lines, "B"));
         let released_at = unix_ms(SystemTime::now());
         let released = Instant::now();
         let outcome = holder
@@ -347,9 +372,7 @@ fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
 fn a_holder_killed_while_keeping_the_turn_holds_up_the_line_no_longer_than_its_lease() {
     let _one = one_at_a_time();
     let name = unique_name("killed_keeper");
-    let config = LockConfig::new(&name)
-        .database("actix_mongo_lock_tests")
-        .ttl(Duration::from_secs(60));
+    let config = minute_leases(&name);
     // K: two workers, each holding for a minute on a lease of 8 s. Both wait in K while the
     // test holds; at the test's release K is granted for one while the other still waits, so
     // K keeps the turn for it (turn_streak 3), and then K is killed holding it.
@@ -363,11 +386,7 @@ fn a_holder_killed_while_keeping_the_turn_holds_up_the_line_no_longer_than_its_l
         ttl_ms: lease.as_millis() as u64,
         hold_ms: 60_000,
     };
-    let more = [
-        ("--timeout-ms", "60000"),
-        ("--requests", "1"),
-        ("--ask-lines", "1"),
-    ];
+    let more = ONE_LONG_ACQUIRE;
     actix_rt::System::new().block_on(async {
         let waiter = manager(&config).await;
         let first = waiter
@@ -404,15 +423,7 @@ fn a_holder_killed_while_keeping_the_turn_holds_up_the_line_no_longer_than_its_l
             actix_rt::spawn(waiter.send(Acquire::new("r0").timeout(Duration::from_secs(40))));
         actix_rt::time::sleep(Duration::from_secs(1)).await;
 
-        k.kill().expect("kill -9 K");
-        k.wait().expect("K is gone");
-        let killed = SystemTime::now();
-        while let Ok(line) = k_lines.try_recv() {
-            assert!(
-                !line.starts_with("HOLD"),
-                "K released before it was killed: {line}"
-            );
-        }
+        let killed = kill_before_any_release(&mut k, &mut k_lines, "K");
         let grant = acquire
             .await
             .expect("the Acquire task")

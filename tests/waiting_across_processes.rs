@@ -23,7 +23,7 @@ use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
 use support::poll::until;
-use support::server::{client, fast_config, manager, stored, unique_name, uri};
+use support::server::{client, fast_config, manager, stored, stored_integer, unique_name, uri};
 
 /// One command a monitored manager sent.
 #[derive(Clone, Debug)]
@@ -438,11 +438,7 @@ async fn a_manager_waiting_with_a_long_acquire_period_keeps_its_turn_live() {
         let stored = stored(&config, "doc").await.expect("the held document");
         if let Ok(turn) = stored.get_document("turn") {
             let manager = turn.get_str("manager").unwrap_or_default().to_owned();
-            let until = match turn.get("until") {
-                Some(mongodb::bson::Bson::Int64(until)) => *until,
-                Some(mongodb::bson::Bson::Int32(until)) => i64::from(*until),
-                other => panic!("turn.until is {other:?}"),
-            };
+            let until = stored_integer(turn, "until");
             if !manager.is_empty() {
                 if let Some(first) = &turn_of {
                     assert_eq!(&manager, first, "the turn changed hands with one waiter");
@@ -468,16 +464,7 @@ async fn a_manager_waiting_with_a_long_acquire_period_keeps_its_turn_live() {
         "the turn was renewed {renewals} times in 14 s"
     );
 
-    holder
-        .send(Unlock::new(held.lock_id))
-        .await
-        .unwrap()
-        .unwrap();
-    let grant = acquire
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the waiter is granted once the holder releases");
+    let (grant, _) = release_and_time_the_hand_off(&holder, &held, acquire).await;
     assert!(grant.fence > held.fence);
 }
 

@@ -74,10 +74,16 @@ pub async fn stored(config: &LockConfig, resource_id: &str) -> Option<Document> 
 /// A stored document's `fence`, widened to i64 (nx-27017 answers Int32); panics if it is
 /// missing or not an integer.
 pub fn stored_fence(document: &Document) -> i64 {
-    match document.get("fence") {
-        Some(Bson::Int64(f)) => *f,
-        Some(Bson::Int32(f)) => i64::from(*f),
-        other => panic!("fence is {other:?}"),
+    stored_integer(document, "fence")
+}
+
+/// A stored integer field, widened to i64 (nx-27017 answers Int32 where MongoDB keeps Int64);
+/// panics if it is missing or not an integer.
+pub fn stored_integer(document: &Document, key: &str) -> i64 {
+    match document.get(key) {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => i64::from(*n),
+        other => panic!("{key} is {other:?}"),
     }
 }
 
