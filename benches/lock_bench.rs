@@ -5,7 +5,8 @@
 //! scripts/with-mongo cargo bench --bench lock_bench            # table on stdout
 //! BENCH_JSON=path.json scripts/with-mongo cargo bench --bench lock_bench
 //! BENCH_ROWS=cross,fair scripts/with-mongo cargo bench --bench lock_bench  # some rows only:
-//!     local, cross, requests, fair, throughput, memory (B and the uncontended rows always)
+//!     local, cross, requests, fleet, fair, throughput, memory (B and the uncontended rows
+//!     always)
 //! ```
 //!
 //! Rows: B (one raw findOneAndUpdate of the grant's shape on a collection with the lock
@@ -13,7 +14,10 @@
 //! (8 waiters in one manager), cross-process hand-off (2 managers in 2 processes; told by a
 //! change stream where the server has them, probing elsewhere), the requests a manager sends
 //! per second while it waits for a resource held by another process (every command, by name,
-//! against the seed's fixed 250 ms polling), turns between two processes contending for one
+//! against the seed's fixed 250 ms polling), a fleet of 1, 5, 20 and 50 waiting managers (each
+//! on a client of its own: what each sends per second while they wait, what they all send per
+//! release as the resource goes through all of them, and the hand-off gaps), turns between two
+//! processes contending for one
 //! resource (the smaller process's share, the longest run of grants to one process while the
 //! other waited, and grants/s against the same workload in one process), throughput on 1 and
 //! 1,000 resources against raw findOneAndUpdate throughput, the seed's fixed 250 ms polling for
@@ -295,19 +299,37 @@ async fn raw_throughput(
     done.get() as f64 / run.as_secs_f64()
 }
 
+/// How long `request` took to be granted, and to be granted and unlocked.
+async fn timed_lock(manager: &Addr<LockManager>, request: Lock) -> (Duration, Duration) {
+    let started = Instant::now();
+    let grant = manager
+        .send(request)
+        .await
+        .unwrap()
+        .expect("uncontended Lock");
+    let locked = started.elapsed();
+    manager
+        .send(Unlock::new(grant.lock_id))
+        .await
+        .unwrap()
+        .expect("Unlock");
+    (locked, started.elapsed())
+}
+
 /// Medians of a raw grant (B, on a collection with the lock indexes), of the same grant on a
-/// collection without indexes, of an uncontended Lock, and of Lock+Unlock, each on a collection
-/// of one document.
+/// collection without indexes, of an uncontended Lock, of Lock+Unlock, and of an uncontended
+/// shared Lock, each on a collection of one document.
 async fn uncontended(
     manager: &Addr<LockManager>,
     raw: &Collection<Document>,
     bare: &Collection<Document>,
     samples: usize,
-) -> (Duration, Duration, Duration, Duration) {
+) -> (Duration, Duration, Duration, Duration, Duration) {
     let mut raws = Vec::with_capacity(samples);
     let mut bares = Vec::with_capacity(samples);
     let mut locks = Vec::with_capacity(samples);
     let mut pairs = Vec::with_capacity(samples);
+    let mut shared = Vec::with_capacity(samples);
     // Interleaved with raw round trips, so both see the same moment of a noisy machine; the
     // warm-up creates both documents first.
     for i in 0..samples + 50 {
@@ -317,23 +339,14 @@ async fn uncontended(
         let started = Instant::now();
         raw_grant(bare, "uncontended").await;
         let bare_took = started.elapsed();
-        let started = Instant::now();
-        let grant = manager
-            .send(Lock::new("u"))
-            .await
-            .unwrap()
-            .expect("uncontended Lock");
-        let locked = started.elapsed();
-        manager
-            .send(Unlock::new(grant.lock_id))
-            .await
-            .unwrap()
-            .expect("Unlock");
+        let (locked, pair) = timed_lock(manager, Lock::new("u")).await;
+        let (shared_locked, _) = timed_lock(manager, Lock::shared("s")).await;
         if i >= 50 {
             raws.push(raw_took);
             bares.push(bare_took);
             locks.push(locked);
-            pairs.push(started.elapsed());
+            pairs.push(pair);
+            shared.push(shared_locked);
         }
     }
     (
@@ -341,6 +354,7 @@ async fn uncontended(
         percentile(&mut bares, 0.5),
         percentile(&mut locks, 0.5),
         percentile(&mut pairs, 0.5),
+        percentile(&mut shared, 0.5),
     )
 }
 
@@ -670,6 +684,124 @@ async fn waiting_requests(polling: Polling, seconds: u64) -> (f64, BTreeMap<Stri
     (total as f64 / (waited_us as f64 / 1e6).max(1e-9), commands)
 }
 
+/// What the fleet rows measured at one fleet size.
+struct Fleet {
+    /// Commands per second of each waiting manager, on average, while all of them waited.
+    waiting_per_manager: f64,
+    /// Commands of all the waiting managers while the resource went through all of them,
+    /// per release.
+    per_release: f64,
+    /// From each release to the next grant.
+    gaps: Vec<Duration>,
+    /// The commands of the cascade, by name.
+    commands: BTreeMap<String, u64>,
+    /// B measured while the fleet waited: the raw grant on a document of the fleet's own
+    /// collection, with every waiting manager's change stream open on it.
+    b_beside: Duration,
+}
+
+/// `waiters` managers, each on a client of its own (as `waiters` processes would be), wait for
+/// one resource held by another manager; every command their clients send is counted. After
+/// they have lined up (and the first has renewed its turn to cover the hold), their commands
+/// are counted for `window` while they wait, and meanwhile B is measured beside them, on
+/// another document of their collection (a server may slow every write by the change streams
+/// open on it: SecantusDB does). Then the holder releases and the resource goes through all of
+/// them, each holding it 50 ms.
+async fn fleet(waiters: usize, window: Duration) -> Fleet {
+    let config = config("fleet").ttl(Duration::from_secs(60));
+    let holder = start(&config).await;
+    let held = holder
+        .send(Lock::new("fleet"))
+        .await
+        .unwrap()
+        .expect("hold the resource");
+    let commands = Commands::default();
+    let counting = Arc::new(AtomicBool::new(false));
+    let mut managers = Vec::new();
+    for _ in 0..waiters {
+        let client = counting_client(Arc::clone(&commands), Arc::clone(&counting)).await;
+        managers.push(start_with(client, &config).await);
+    }
+    // The start-up work (indexes, the first purge) is not waiting.
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    let holds: Rc<RefCell<Vec<(Instant, Instant)>>> = Rc::default();
+    let mut tasks = Vec::new();
+    for manager in &managers {
+        let (manager, holds) = (manager.clone(), Rc::clone(&holds));
+        tasks.push(actix_rt::spawn(async move {
+            let grant = manager
+                .send(Acquire::new("fleet").timeout(Duration::from_secs(120)))
+                .await
+                .unwrap()
+                .expect("every waiter is served");
+            let granted = Instant::now();
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+            manager
+                .send(Unlock::new(grant.lock_id))
+                .await
+                .unwrap()
+                .expect("Unlock");
+            holds.borrow_mut().push((granted, Instant::now()));
+        }));
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every waiter refused, lined up, its stream open; the first's turn renewed (half a turn's
+    // life, 2.5 s, after it took it) to last as long as the hold.
+    actix_rt::time::sleep(Duration::from_secs(4)).await;
+    let total = |commands: &Commands| commands.lock().unwrap().values().sum::<u64>();
+    counting.store(true, Ordering::Relaxed);
+    let raw = Client::with_uri_str(uri()).await.expect("client");
+    let beside = raw
+        .database(DATABASE)
+        .collection::<Document>(&config.collection_name());
+    let measured_until = Instant::now() + window;
+    let mut b_beside = Vec::new();
+    while Instant::now() < measured_until {
+        let sent = Instant::now();
+        raw_grant(&beside, "beside-the-fleet").await;
+        b_beside.push(sent.elapsed());
+        actix_rt::time::sleep(Duration::from_millis(40)).await;
+    }
+    let waiting = total(&commands);
+    let before: BTreeMap<String, u64> = commands.lock().unwrap().clone();
+    let released = Instant::now();
+    holder
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .expect("Unlock");
+    for task in tasks {
+        task.await.expect("a waiter");
+    }
+    counting.store(false, Ordering::Relaxed);
+    let cascade: BTreeMap<String, u64> = commands
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, count)| (name.clone(), count - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    let mut holds = holds.take();
+    holds.sort();
+    let mut gaps = Vec::new();
+    let mut last_release = released;
+    for (granted, released) in holds {
+        gaps.push(granted.saturating_duration_since(last_release));
+        last_release = released;
+    }
+    for manager in managers {
+        manager.send(Close).await.expect("Close");
+    }
+    holder.send(Close).await.expect("Close");
+    Fleet {
+        waiting_per_manager: waiting as f64 / window.as_secs_f64() / waiters as f64,
+        per_release: cascade.values().sum::<u64>() as f64 / waiters as f64,
+        gaps,
+        commands: cascade,
+        b_beside: percentile(&mut b_beside, 0.5),
+    }
+}
+
 /// The child of the turns rows: `workers` loops of Acquire, 5 ms hold, Unlock on one resource
 /// for `seconds`, printing `GRANT <fence> <requested_us> <granted_us>` and
 /// `REFUSED <requested_us> <answered_us>` lines.
@@ -854,7 +986,7 @@ async fn main() {
     let bare_collection = raw
         .database(DATABASE)
         .collection::<Document>(&family("raw_bare"));
-    let (b, bare, lock, pair) =
+    let (b, bare, lock, pair, shared) =
         uncontended(&manager, &b_collection, &bare_collection, samples).await;
     let b = ms(b);
     table.add(
@@ -884,6 +1016,13 @@ async fn main() {
         "ms",
         Some((2.0 * b, "2B")),
         "<= 1.15 (2.3 x B)",
+    );
+    table.add(
+        "shared grant: Lock::shared, uncontended, median",
+        ms(shared),
+        "ms",
+        Some((b, "B")),
+        "one round trip (tests/shared_holds.rs counts it); reported",
     );
 
     if wants("local") {
@@ -987,6 +1126,86 @@ async fn main() {
             if streams { "<= 2 req/s" } else { "<= 4 req/s" },
         );
         table.commands(commands);
+    }
+
+    if wants("fleet") {
+        let window = Duration::from_secs(if quick { 5 } else { 10 });
+        for waiters in [1, 5, 20, 50] {
+            let mut fleet = fleet(waiters, window).await;
+            let at_50 = waiters == 50;
+            table.add(
+                &format!(
+                    "fleet of {waiters} waiting managers: requests/s of each while waiting \
+                     ({adaptive})"
+                ),
+                fleet.waiting_per_manager,
+                "req/s",
+                None,
+                if streams {
+                    "<= 0.5"
+                } else {
+                    "<= 4 (1 per acquire_period)"
+                },
+            );
+            table.add(
+                &format!(
+                    "fleet of {waiters}: commands of all of them per release, 50 ms holds \
+                     ({adaptive})"
+                ),
+                fleet.per_release,
+                "commands",
+                None,
+                if streams { "<= 6" } else { "<= 8" },
+            );
+            table.commands(std::mem::take(&mut fleet.commands));
+            let (p50, p99) = (
+                ms(percentile(&mut fleet.gaps, 0.5)),
+                ms(percentile(&mut fleet.gaps, 0.99)),
+            );
+            let b_beside = ms(fleet.b_beside);
+            table.add(
+                &format!("fleet of {waiters}: B beside the waiting fleet, median"),
+                b_beside,
+                "ms",
+                Some((b, "B")),
+                "reported: the server's cost of the open streams",
+            );
+            table.add(
+                &format!(
+                    "fleet of {waiters}: hand-off gap, p50 (n={})",
+                    fleet.gaps.len()
+                ),
+                p50,
+                "ms",
+                Some((b, "B")),
+                if streams && at_50 { "<= 3" } else { "reported" },
+            );
+            table.add(
+                &format!("fleet of {waiters}: hand-off gap, p99"),
+                p99,
+                "ms",
+                Some((b, "B")),
+                if streams && at_50 {
+                    "<= 10"
+                } else {
+                    "reported"
+                },
+            );
+            table.add(
+                &format!("fleet of {waiters}: hand-off gap, p50, against B beside the fleet"),
+                p50,
+                "ms",
+                Some((b_beside, "B beside")),
+                "reported",
+            );
+            table.add(
+                &format!("fleet of {waiters}: hand-off gap, p99, against B beside the fleet"),
+                p99,
+                "ms",
+                Some((b_beside, "B beside")),
+                "reported",
+            );
+        }
     }
 
     if wants("fair") {

@@ -230,14 +230,15 @@ async fn take_turn(
     let released = seat.manager.send(Unlock::new(grant.lock_id)).await;
     room.hands_back(thing, me);
     let until = match released.unwrap_or(Err(LockError::ManagerStopped)) {
-        Ok(UnlockOutcome::Released | UnlockOutcome::Unconfirmed) => {
-            room.say(me, format!("hands back the {thing}"));
-            Some(sent)
-        }
         Ok(UnlockOutcome::NotHeld) => {
             room.say(me, format!("finds the lease on the {thing} had run out"));
             // The lease began no earlier than the request, so it ran at least until this.
             Some(sent.min(asked + LEASE))
+        }
+        // Released, or Unconfirmed (gone, whoever released it).
+        Ok(_) => {
+            room.say(me, format!("hands back the {thing}"));
+            Some(sent)
         }
         Err(LockError::Closing) => {
             room.say(

@@ -28,10 +28,11 @@
 //! 1. `StopGranting`: every new run and every waiting Acquire answers 503 (`Closing`) at once,
 //!    so clients go to another instance, whose waiting Acquires take each report as soon as
 //!    this one releases it. Unlock and Status keep working.
-//! 2. Wait, at most `DRAIN_TIMEOUT`, until the runs in progress have finished and unlocked,
-//!    then `LINGER` more. The listener stays open meanwhile, so a late request, or the next
-//!    request of a client whose run just ended, gets a clean 503 and goes elsewhere; closing
-//!    the listener under it would reset its connection.
+//! 2. `AwaitReleased::within(DRAIN_TIMEOUT)`: the manager answers once every hold it granted
+//!    has ended (the runs in progress have finished and unlocked), or after `DRAIN_TIMEOUT`
+//!    with how many are still held; then `LINGER` more. The listener stays open meanwhile, so
+//!    a late request, or the next request of a client whose run just ended, gets a clean 503
+//!    and goes elsewhere; closing the listener under it would reset its connection.
 //! 3. `ServerHandle::stop(true)`: actix-web's graceful stop, with nothing left in flight
 //!    (bounded by `shutdown_timeout`).
 //! 4. `Close`: releases whatever is still held (nothing, normally), within the lock
@@ -43,8 +44,8 @@
 //! Flags (or the environment): `--port` (`PORT`, 8080; 0 picks a free one), `--instance`
 //! (`INSTANCE`), `--family` (the lock family, "reports"), `--run-ms` (300), `--wait-ms` (1000),
 //! `--demo-seconds` (0: serve until a signal); the database is `MONGODB_URI`. What the demo's
-//! requests are answered and the closing report are printed to stdout; tracing logs go to
-//! stderr when `RUST_LOG` is set.
+//! requests are answered, what the wait of step 2 saw and the closing report are printed to
+//! stdout; tracing logs go to stderr when `RUST_LOG` is set.
 
 #[path = "support/flags.rs"]
 mod flags;
@@ -55,16 +56,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::{Addr, MailboxError};
 use actix_mongo_lock::{
-    Acquire, Close, LockConfig, LockError, LockManager, Status, StopGranting, Unlock, UnlockOutcome,
+    Acquire, AwaitReleased, Close, LockConfig, LockError, LockManager, Status, StopGranting,
+    Unlock, UnlockOutcome,
 };
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 const USAGE: &str = "usage: web [--port N] [--instance NAME] [--family NAME] [--run-ms N] \
                      [--wait-ms N] [--demo-seconds N]";
-/// How long the shutdown waits for the runs in progress (step 2).
+/// How long the shutdown waits for the runs in progress to unlock (step 2).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the listener goes on answering 503 once the runs are done (step 2).
 const LINGER: Duration = Duration::from_millis(500);
@@ -77,7 +78,6 @@ struct Runner {
     instance: String,
     run_time: Duration,
     wait: Duration,
-    in_flight: InFlight,
 }
 
 /// What one run did, as the 200 answer shows it. Times are Unix milliseconds on this machine.
@@ -88,30 +88,6 @@ struct Ran {
     fence: i64,
     started_at_ms: u128,
     finished_at_ms: u128,
-}
-
-/// The number of run requests in flight, so the shutdown can wait until they are done.
-struct InFlight(watch::Sender<usize>);
-
-/// One run request in flight; counted until dropped, however the request ends.
-struct Counted<'a>(&'a watch::Sender<usize>);
-
-impl InFlight {
-    fn enter(&self) -> Counted<'_> {
-        self.0.send_modify(|n| *n += 1);
-        Counted(&self.0)
-    }
-
-    async fn none_left(&self) {
-        // The sender lives as long as `self`, so the wait can only end at zero.
-        let _ = self.0.subscribe().wait_for(|&n| n == 0).await;
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
 }
 
 /// A `LockError` as an HTTP answer: 409 busy, 503 unavailable (or shutting down), 400 for a
@@ -155,7 +131,6 @@ async fn run(
     runner: web::Data<Runner>,
     report: web::Path<String>,
 ) -> Result<HttpResponse, HttpError> {
-    let _counted = runner.in_flight.enter();
     let report = report.into_inner();
     let acquire = Acquire::new(report.as_str()).timeout(runner.wait);
     let grant = runner.manager.send(acquire).await??;
@@ -305,7 +280,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         instance: args.instance.clone(),
         run_time: args.run_time,
         wait: args.wait,
-        in_flight: InFlight(watch::Sender::new(0)),
     });
 
     let server = HttpServer::new({
@@ -333,11 +307,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("{}: {why}: stopping", args.instance);
     runner.manager.send(StopGranting).await?;
-    if actix_rt::time::timeout(DRAIN_TIMEOUT, runner.in_flight.none_left())
-        .await
-        .is_err()
-    {
-        tracing::warn!("runs still in progress after {DRAIN_TIMEOUT:?}; stopping anyway");
+    let released = runner
+        .manager
+        .send(AwaitReleased::within(DRAIN_TIMEOUT))
+        .await?;
+    println!(
+        "{}: runs done: still held {}, waited {} ms",
+        args.instance,
+        released.still_held,
+        released.waited.as_millis()
+    );
+    if !released.all_released() {
+        tracing::warn!(
+            still_held = released.still_held,
+            "runs still hold reports after {DRAIN_TIMEOUT:?}; stopping anyway"
+        );
     }
     actix_rt::time::sleep(LINGER).await;
     http.stop(true).await;

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use mongodb::options::{Acknowledgment, WriteConcern};
+
 use crate::clock::LocalClock;
 use crate::error::LockError;
 
@@ -41,6 +43,15 @@ const MAX_NAME_LEN: usize = 64;
 
 /// Configuration of one [`LockManager`](crate::LockManager).
 ///
+/// Made with [`LockConfig::new`] and the builder methods. The fields can be read (and set), but
+/// the struct is `#[non_exhaustive]`: new settings come as new fields with defaults, so no code
+/// outside the crate builds it as a struct literal, and adding one breaks nobody:
+///
+/// ```compile_fail,E0639
+/// use actix_mongo_lock::LockConfig;
+/// let config = LockConfig { owner: "me".into(), ..LockConfig::new("orders") };
+/// ```
+///
 /// ```
 /// use std::time::Duration;
 /// use actix_mongo_lock::LockConfig;
@@ -53,6 +64,7 @@ const MAX_NAME_LEN: usize = 64;
 /// assert_eq!(config.acquire_max_retries, 10);
 /// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct LockConfig {
     /// The lock family. The collection is `<name>_locks` and every stored resource is
     /// `<name>-<resource_id>`, as in dplock. Managers that must exclude each other share it.
@@ -108,6 +120,41 @@ pub struct LockConfig {
     /// the manager measures the offset between this clock and the server's, so a skewed local
     /// clock neither steals a live lock nor keeps a dead one. Replaceable so tests can skew it.
     pub clock: LocalClock,
+    /// The write concern of every write to the lock collection: grants, releases, renewals,
+    /// purges, the line of waiting managers, index creation. Default
+    /// `Some(WriteConcern::majority())`, `{w: "majority"}` without `j` or `wtimeout`, on every
+    /// server and whatever the client's URI asks for.
+    ///
+    /// On a replica set a grant acknowledged by the primary alone (`w: 1`) can be rolled back
+    /// at a failover: the new primary never saw it and grants the resource again, with the same
+    /// fence, while the first holder goes on working. A majority-acknowledged write survives
+    /// any failover, so with the default a grant, a release or a renewal that was answered
+    /// stays answered. The cost: every write waits until a majority of the set has it (on a
+    /// healthy set a round trip from the primary to its nearest secondary), and while no
+    /// majority of the data-bearing members can acknowledge (a primary-secondary-arbiter set
+    /// with its secondary down, secondaries far behind) writes are not acknowledged, so
+    /// `Lock`, `Acquire`, `Unlock` and `Renew` answer [`LockError::Unavailable`] after
+    /// `request_timeout` instead of granting what a failover could take back. On a standalone
+    /// MongoDB `w: "majority"` waits for the journal when journaling runs, so a grant survives
+    /// a crash of the server too. No `wtimeout` and no `j`: every request is already bounded by
+    /// [`request_timeout`](Self::request_timeout), and a write whose write concern timed out
+    /// is not undone (its outcome is as unknown as an unanswered one); with `w: "majority"`
+    /// MongoDB waits for the journal on a majority unless the set was configured not to
+    /// (`writeConcernMajorityJournalDefault: false`).
+    ///
+    /// `Some(other)` sends `other` instead, as it is (`WriteConcern::nodes(1)` trades the
+    /// failover guarantee for latency). `None` sends what the client's own options or URI ask
+    /// for (`w=...`), or nothing, which leaves it to the server's default. An unacknowledged
+    /// write concern (`w: 0`) is refused by [`validate`](Self::validate): a lock must know
+    /// whether it was granted.
+    pub write_concern: Option<WriteConcern>,
+    /// Starts a manager on a server known not to keep a lock safe. Default `false`: a manager
+    /// refuses to start with [`LockError::UnsafeServer`] on one (FerretDB 1.x, which was
+    /// measured losing concurrent updates; see `docs/compatibility.md`), before it writes
+    /// anything. For tests only (for instance to run the atomicity probe, `tests/atomicity.rs`,
+    /// through the crate on such a server): `true` starts anyway, with a warning in the log,
+    /// and mutual exclusion and fences are then only as good as that server.
+    pub allow_unsafe_server: bool,
 }
 
 impl LockConfig {
@@ -128,6 +175,8 @@ impl LockConfig {
             owner: default_owner(),
             host: default_host(),
             clock: LocalClock::system(),
+            write_concern: Some(WriteConcern::majority()),
+            allow_unsafe_server: false,
         }
     }
 
@@ -201,6 +250,30 @@ impl LockConfig {
         self
     }
 
+    /// Sets [`write_concern`](Self::write_concern): a write concern, or `None` for the
+    /// client's own.
+    ///
+    /// ```
+    /// use actix_mongo_lock::{LockConfig, WriteConcern};
+    ///
+    /// let config = LockConfig::new("orders");
+    /// assert_eq!(config.write_concern, Some(WriteConcern::majority()));
+    /// let faster = config.clone().write_concern(WriteConcern::nodes(1));
+    /// assert_eq!(faster.write_concern, Some(WriteConcern::nodes(1)));
+    /// let the_clients = config.write_concern(None);
+    /// assert_eq!(the_clients.write_concern, None);
+    /// ```
+    pub fn write_concern(mut self, write_concern: impl Into<Option<WriteConcern>>) -> Self {
+        self.write_concern = write_concern.into();
+        self
+    }
+
+    /// Sets [`allow_unsafe_server`](Self::allow_unsafe_server). For tests only.
+    pub fn allow_unsafe_server(mut self, allow: bool) -> Self {
+        self.allow_unsafe_server = allow;
+        self
+    }
+
     /// The collection the locks live in: `<name>_locks`.
     pub fn collection_name(&self) -> String {
         format!("{}_locks", self.name)
@@ -262,6 +335,14 @@ impl LockConfig {
         if self.turn_streak == 0 {
             return invalid("turn_streak must be at least 1".to_owned());
         }
+        if let Some(write_concern) = &self.write_concern {
+            if write_concern.w == Some(Acknowledgment::Nodes(0)) {
+                return invalid(format!(
+                    "write_concern {write_concern:?} is unacknowledged: a grant must be \
+                     acknowledged to be known"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -282,6 +363,8 @@ impl fmt::Debug for LockConfig {
             .field("turn_streak", &self.turn_streak)
             .field("owner", &self.owner)
             .field("host", &self.host)
+            .field("write_concern", &self.write_concern)
+            .field("allow_unsafe_server", &self.allow_unsafe_server)
             .finish_non_exhaustive()
     }
 }
@@ -344,6 +427,22 @@ mod tests {
         assert_eq!(config.unlock_period, Duration::from_millis(5));
         assert_eq!(config.unlock_max_retries, 100);
         assert_eq!(config.acquire_budget(), Duration::from_millis(2500));
+        assert!(!config.allow_unsafe_server, "unsafe servers are refused");
+    }
+
+    #[test]
+    fn the_bounds_the_turn_streak_and_the_longest_lease_are_what_the_docs_say() {
+        let config = LockConfig::new("orders");
+        assert_eq!(config.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.close_timeout, Duration::from_secs(5));
+        assert_eq!(config.turn_streak, 3);
+        assert_eq!(config.database, "locks");
+        let year = Duration::from_secs(365 * 24 * 60 * 60);
+        assert!(LockConfig::new("orders").ttl(year).validate().is_ok());
+        refused(
+            LockConfig::new("orders").ttl(year + Duration::from_millis(1)),
+            "ttl",
+        );
     }
 
     #[test]
@@ -382,6 +481,26 @@ mod tests {
             .acquire_retries(Duration::from_millis(1), 0)
             .unlock_retries(Duration::ZERO, 0);
         assert!(no_retries.validate().is_ok(), "retries may be zero");
+    }
+
+    #[test]
+    fn the_write_concern_is_majority_by_default_and_must_be_acknowledged() {
+        use mongodb::options::WriteConcern;
+        let config = LockConfig::new("orders");
+        assert_eq!(config.write_concern, Some(WriteConcern::majority()));
+        refused(
+            LockConfig::new("orders").write_concern(WriteConcern::nodes(0)),
+            "unacknowledged",
+        );
+        for acknowledged in [
+            Some(WriteConcern::nodes(1)),
+            Some(WriteConcern::custom("dc-aware")),
+            Some(WriteConcern::builder().journal(true).build()),
+            None,
+        ] {
+            let config = LockConfig::new("orders").write_concern(acknowledged.clone());
+            assert!(config.validate().is_ok(), "{acknowledged:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! message is still accepted; `Close` then flips to closing, which wakes what waits on
 //! [`Drain::closing`] (Unlock retries, keep-alives), refuses new tokens, and waits until the
 //! last token is dropped, as mini-redis's shutdown waits for the last sender.
+//!
+//! `AwaitReleased`, the wait between the two phases, is not counted here: it waits on the
+//! holds granted here (`LocalHolds`), takes no token, and ends when the drain has [`closed`].
+//!
+//! [`closed`]: Drain::closed
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -27,14 +27,30 @@
 //!     assert!(matches!(refused, Err(LockError::AlreadyLocked { .. })));
 //!
 //!     manager.send(Unlock::new(grant.lock_id)).await??;
-//!     manager.send(Close).await?; // answers every message in flight, then stops the purger
+//!     manager.send(Close).await?; // answers every message in flight, releases what is held, stops the purger
 //!     Ok(())
 //! }
 //! ```
 //!
-//! Every message but [`Close`] answers `Result<_, LockError>` (`Close` answers `()` once the
-//! drain is done); the outer `Result` of `send` is actix's mailbox error. See `docs/guide.md`
-//! for configuration, errors and shutdown.
+//! Every message but the three of a shutdown answers `Result<_, LockError>`; the outer
+//! `Result` of `send` is actix's mailbox error. The shutdown's cannot fail: [`StopGranting`]
+//! (phase 1: no more grants) answers `()`, [`AwaitReleased`] (phase 1's wait, until every hold
+//! granted here has ended, within its timeout) a [`ReleasedReport`], and [`Close`] (phase 2, the
+//! drain) a [`CloseReport`]:
+//!
+//! ```no_run
+//! # async fn demo(manager: actix::Addr<actix_mongo_lock::LockManager>) -> Result<(), actix::MailboxError> {
+//! use std::time::Duration;
+//! use actix_mongo_lock::{AwaitReleased, Close, StopGranting};
+//!
+//! manager.send(StopGranting).await?; // on SIGTERM: running work goes on
+//! let released = manager.send(AwaitReleased::within(Duration::from_secs(10))).await?;
+//! let closed = manager.send(Close).await?; // releases what is still held
+//! assert_eq!((released.still_held, closed.unreleased), (0, 0));
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/guide.md` for configuration, errors and shutdown.
 
 #![warn(missing_docs)]
 
@@ -44,11 +60,13 @@ mod core;
 mod drain;
 mod error;
 mod guard;
+mod line;
 mod local;
 mod manager;
 mod messages;
 mod purger;
 mod reply;
+mod server;
 mod store;
 
 pub use clock::LocalClock;
@@ -57,12 +75,14 @@ pub use config::{
     DEFAULT_PURGER_PERIOD, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, DEFAULT_TURN_STREAK,
     DEFAULT_UNLOCK_MAX_RETRIES, DEFAULT_UNLOCK_PERIOD, MAX_TTL, MIN_TTL,
 };
-pub use error::LockError;
+pub use error::{DatabaseError, LockError};
 pub use guard::LockGuard;
 pub use manager::LockManager;
 pub use messages::{
-    Acquire, Close, CloseReport, HoldStatus, KeepAlive, LeaseLost, ListHolds, Lock, LockGrant,
-    LockId, LostReason, Polling, Renew, ResourceId, Status, StopGranting, Unlock, UnlockOutcome,
-    MAX_RESOURCE_ID_LEN,
+    Acquire, AwaitReleased, Close, CloseReport, HoldMode, HoldStatus, KeepAlive, LeaseLost,
+    ListHolds, Lock, LockGrant, LockId, LostReason, Polling, ReleasedReport, Renew, ResourceId,
+    Status, StopGranting, Unlock, UnlockOutcome, MAX_RESOURCE_ID_LEN,
 };
+/// The driver's write concern, for [`LockConfig::write_concern`].
+pub use mongodb::options::WriteConcern;
 pub use reply::Reply;

@@ -3,17 +3,19 @@
 //!
 //! This is what makes hand-off fast. A waiter whose resource is held by this very manager does
 //! not poll the database: it waits for the Unlock that comes through here (or for the lease to
-//! run out). Local waiters queue per resource in arrival order, and only the head of a queue
+//! run out), and asks only once a second, for a release made through another manager. Local waiters queue per resource in arrival order, and only the head of a queue
 //! ever probes the database, so however many callers wait on one resource, the manager sends at
 //! most one probe for it at a time, and nobody is overtaken.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
+use crate::line::{LineView, Woken};
 use crate::messages::{LockGrant, LockId, ResourceId};
 
 /// Holds granted through this manager and not yet released through it.
@@ -21,6 +23,8 @@ use crate::messages::{LockGrant, LockId, ResourceId};
 pub(crate) struct LocalHolds {
     by_lock: RefCell<HashMap<LockId, LocalHold>>,
     by_resource: RefCell<HashMap<ResourceId, LockId>>,
+    /// Told whenever a hold leaves the record, however it ended: what `AwaitReleased` waits on.
+    ended: Notify,
 }
 
 /// One hold granted through this manager.
@@ -32,23 +36,39 @@ pub(crate) struct LocalHold {
     /// The lease it was granted with (the request's, or the configured one): renewals extend
     /// it by as much.
     pub(crate) ttl: Duration,
+    /// The resource's line as the grant left it: whom its release wakes, unless this manager
+    /// has seen the line since.
+    pub(crate) line: LineView,
+    /// A shared hold: one of several on its resource, so it is not the resource's hold here
+    /// ([`LocalHolds::live_lease`] does not count it).
+    pub(crate) shared: bool,
 }
 
 impl LocalHolds {
-    pub(crate) fn insert(&self, grant: &LockGrant, ttl: Duration) {
+    pub(crate) fn insert(&self, grant: &LockGrant, ttl: Duration, line: LineView) {
         let hold = LocalHold {
             resource_id: grant.resource_id.clone(),
             granted_at: grant.granted_at,
             expires_at: grant.expires_at,
             ttl,
+            line,
+            shared: grant.shared,
         };
+        if grant.shared {
+            self.by_lock
+                .borrow_mut()
+                .insert(grant.lock_id.clone(), hold);
+            return;
+        }
         if let Some(previous) = self
             .by_resource
             .borrow_mut()
             .insert(grant.resource_id.clone(), grant.lock_id.clone())
         {
             // An earlier hold of ours on this resource expired and was taken over.
-            self.by_lock.borrow_mut().remove(&previous);
+            if self.by_lock.borrow_mut().remove(&previous).is_some() {
+                self.ended.notify_waiters();
+            }
         }
         self.by_lock
             .borrow_mut()
@@ -78,7 +98,26 @@ impl LocalHolds {
         if by_resource.get(&hold.resource_id) == Some(lock_id) {
             by_resource.remove(&hold.resource_id);
         }
+        self.ended.notify_waiters();
         Some(hold)
+    }
+
+    /// Resolves once a hold leaves the record after this call (not when it is called). Call it
+    /// before looking at the holds, so that a hold ending in between still wakes the caller.
+    pub(crate) fn ended(&self) -> Notified<'_> {
+        self.ended.notified()
+    }
+
+    /// How many holds are live at `now` (their lease not over), and when the first of those
+    /// leases ends.
+    pub(crate) fn live_at(&self, now: SystemTime) -> (usize, Option<SystemTime>) {
+        let by_lock = self.by_lock.borrow();
+        let ends: Vec<SystemTime> = by_lock
+            .values()
+            .map(|hold| hold.expires_at)
+            .filter(|&end| end > now)
+            .collect();
+        (ends.len(), ends.iter().min().copied())
     }
 
     /// When this manager's live hold on `resource` ends, if it has one at `now`.
@@ -103,15 +142,53 @@ impl LocalHolds {
 #[derive(Debug, Default)]
 pub(crate) struct LocalWaiters {
     queues: RefCell<HashMap<ResourceId, VecDeque<Rc<Waiter>>>>,
+    /// By resource, while its queue lasts: what the database did with the requests the queue's
+    /// heads sent for it, so a waiter that never asked itself can tell "down" from "busy".
+    contact: RefCell<HashMap<ResourceId, Contact>>,
     next_id: Cell<u64>,
+}
+
+/// When the database last answered a request of a queue's head for its resource, and when it
+/// last failed to (with the error).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Contact {
+    pub(crate) answered: Option<Instant>,
+    pub(crate) failed: Option<(Instant, String)>,
+}
+
+impl Contact {
+    /// The last error, if the database answered none of the requests sent since `since` and
+    /// failed at least one: it is down, not the resource busy.
+    pub(crate) fn unreachable_since(&self, since: Instant) -> Option<&str> {
+        let answered = self.answered.is_some_and(|at| at >= since);
+        match &self.failed {
+            Some((at, error)) if *at >= since && !answered => Some(error),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Waiter {
     id: u64,
     wake: Notify,
-    /// Told to look at the resource's line before trying (nothing says it was released).
-    look_first: Cell<bool>,
+    /// Why it was woken: the strongest reason given since it last woke ([`Woken::Told`] to
+    /// try, before [`Woken::Changed`], before [`Woken::Nudged`] to look).
+    reason: Cell<Option<Woken>>,
+    /// It waits for a shared hold: it takes no place in the line of waiting managers.
+    shared: bool,
+}
+
+impl Waiter {
+    fn wake(&self, why: Woken) {
+        let strongest = match (self.reason.get(), why) {
+            (Some(Woken::Told), _) | (_, Woken::Told) => Woken::Told,
+            (Some(Woken::Changed), _) | (_, Woken::Changed) => Woken::Changed,
+            _ => why,
+        };
+        self.reason.set(Some(strongest));
+        self.wake.notify_one();
+    }
 }
 
 /// A waiter's place in its resource's queue. Dropping it leaves the queue.
@@ -124,13 +201,20 @@ pub(crate) struct Place {
 
 impl LocalWaiters {
     /// Joins the back of `resource`'s queue.
+    #[cfg(test)]
     pub(crate) fn join(self: &Rc<Self>, resource: &ResourceId) -> Place {
+        self.join_as(resource, false)
+    }
+
+    /// Joins the back of `resource`'s queue, for a shared hold if `shared`.
+    pub(crate) fn join_as(self: &Rc<Self>, resource: &ResourceId, shared: bool) -> Place {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let waiter = Rc::new(Waiter {
             id,
             wake: Notify::new(),
-            look_first: Cell::new(false),
+            reason: Cell::new(None),
+            shared,
         });
         self.queues
             .borrow_mut()
@@ -149,25 +233,55 @@ impl LocalWaiters {
         self.queues.borrow().contains_key(resource)
     }
 
-    /// How many Acquires wait here for `resource`.
+    /// Records that the database answered a request for `resource` (a try, refused or granted,
+    /// or a look), or failed to with `error`.
+    pub(crate) fn record_contact(&self, resource: &ResourceId, failure: Option<String>) {
+        if !self.is_waited(resource) {
+            return;
+        }
+        let mut contact = self.contact.borrow_mut();
+        let entry = contact.entry(resource.clone()).or_default();
+        match failure {
+            None => entry.answered = Some(Instant::now()),
+            Some(error) => entry.failed = Some((Instant::now(), error)),
+        }
+    }
+
+    /// What the database did with the requests sent for `resource` while its queue lasted.
+    pub(crate) fn contact(&self, resource: &ResourceId) -> Contact {
+        self.contact
+            .borrow()
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many Acquires of an exclusive hold wait here for `resource`: those the line of
+    /// waiting managers is for (shared waiters take no place in it).
     pub(crate) fn count(&self, resource: &ResourceId) -> usize {
-        self.queues.borrow().get(resource).map_or(0, VecDeque::len)
+        self.queues
+            .borrow()
+            .get(resource)
+            .map_or(0, |queue| queue.iter().filter(|w| !w.shared).count())
+    }
+
+    /// Whether any Acquire of an exclusive hold waits here for `resource`: whether this
+    /// manager needs its place in the resource's line.
+    pub(crate) fn is_waited_exclusive(&self, resource: &ResourceId) -> bool {
+        self.count(resource) > 0
     }
 
     /// Tells the oldest waiter for `resource` to try now.
     pub(crate) fn wake_head(&self, resource: &ResourceId) {
-        if let Some(head) = self.queues.borrow().get(resource).and_then(|q| q.front()) {
-            head.look_first.set(false);
-            head.wake.notify_one();
-        }
+        self.tell_head(resource, Woken::Told);
     }
 
-    /// Tells the oldest waiter for `resource` to look again now: the resource may have been
-    /// released unseen (a release stream just opened).
-    pub(crate) fn nudge_head(&self, resource: &ResourceId) {
+    /// Tells the oldest waiter for `resource` why to decide again: to try ([`Woken::Told`]),
+    /// that its line changed ([`Woken::Changed`]), or to look ([`Woken::Nudged`]: the resource
+    /// may have been released unseen, as when a release stream just opened).
+    pub(crate) fn tell_head(&self, resource: &ResourceId, why: Woken) {
         if let Some(head) = self.queues.borrow().get(resource).and_then(|q| q.front()) {
-            head.look_first.set(true);
-            head.wake.notify_one();
+            head.wake(why);
         }
     }
 }
@@ -183,12 +297,11 @@ impl Place {
             .is_some_and(|head| head.id == self.waiter.id)
     }
 
-    /// Resolves when this waiter is told to try: the resource was released here, or it became
-    /// the head of its queue.
-    /// Answers `true` if told to try, `false` if told only to look.
-    pub(crate) async fn woken(&self) -> bool {
+    /// Resolves when this waiter is woken ([`LocalWaiters::tell_head`]; a waiter that becomes
+    /// the head is told to try), answering why.
+    pub(crate) async fn woken(&self) -> Woken {
         self.waiter.wake.notified().await;
-        !self.waiter.look_first.replace(false)
+        self.waiter.reason.take().unwrap_or(Woken::Told)
     }
 }
 
@@ -203,9 +316,10 @@ impl Drop for Place {
         match queue.front() {
             None => {
                 queues.remove(&self.resource);
+                self.waiters.contact.borrow_mut().remove(&self.resource);
             }
             // The new head decides for itself whether to probe or to wait for the holder.
-            Some(next) if was_head => next.wake.notify_one(),
+            Some(next) if was_head => next.wake(Woken::Told),
             Some(_) => {}
         }
     }
@@ -217,6 +331,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::{LocalHolds, LocalWaiters};
+    use crate::line::{LineView, Woken};
     use crate::messages::{LockGrant, LockId, ResourceId};
 
     const BOUND: Duration = Duration::from_secs(5);
@@ -232,6 +347,7 @@ mod tests {
             fence: 1,
             granted_at: expires_at - Duration::from_secs(30),
             expires_at,
+            shared: false,
         }
     }
 
@@ -276,11 +392,68 @@ mod tests {
         let head = waiters.join(&resource("a"));
         let next = waiters.join(&resource("a"));
         waiters.wake_head(&resource("a"));
-        tokio::time::timeout(BOUND, head.woken())
+        let woken = tokio::time::timeout(BOUND, head.woken())
             .await
             .expect("the head is woken");
+        assert_eq!(woken, Woken::Told);
         let early = tokio::time::timeout(Duration::from_millis(20), next.woken()).await;
         assert!(early.is_err(), "a waiter behind the head was woken");
+    }
+
+    #[actix_rt::test]
+    async fn a_waiter_woken_twice_before_it_runs_learns_the_stronger_reason() {
+        let waiters = Rc::new(LocalWaiters::default());
+        let head = waiters.join(&resource("a"));
+        for (first, then, strongest) in [
+            (Woken::Nudged, Woken::Changed, Woken::Changed),
+            (Woken::Changed, Woken::Nudged, Woken::Changed),
+            (Woken::Told, Woken::Nudged, Woken::Told),
+            (Woken::Nudged, Woken::Told, Woken::Told),
+            (Woken::Nudged, Woken::Nudged, Woken::Nudged),
+        ] {
+            waiters.tell_head(&resource("a"), first);
+            waiters.tell_head(&resource("a"), then);
+            let woken = tokio::time::timeout(BOUND, head.woken())
+                .await
+                .expect("the head is woken");
+            assert_eq!(woken, strongest, "{first:?} then {then:?}");
+        }
+    }
+
+    #[test]
+    fn a_queue_is_unreachable_only_if_nothing_it_sent_since_was_answered() {
+        let waiters = Rc::new(LocalWaiters::default());
+        let r = resource("a");
+        let before = std::time::Instant::now();
+        waiters.record_contact(&r, Some("lost".to_owned()));
+        assert_eq!(
+            waiters.contact(&r).failed,
+            None,
+            "nobody waits: nothing kept"
+        );
+        let place = waiters.join(&r);
+        let since = std::time::Instant::now();
+        assert_eq!(
+            waiters.contact(&r).unreachable_since(since),
+            None,
+            "nothing sent"
+        );
+        waiters.record_contact(&r, Some("lost".to_owned()));
+        assert_eq!(waiters.contact(&r).unreachable_since(since), Some("lost"));
+        waiters.record_contact(&r, None);
+        assert_eq!(
+            waiters.contact(&r).unreachable_since(since),
+            None,
+            "an answer since: busy, not down"
+        );
+        waiters.record_contact(&r, Some("lost again".to_owned()));
+        assert_eq!(waiters.contact(&r).unreachable_since(since), None);
+        assert!(waiters.contact(&r).answered.is_some_and(|at| at >= before));
+        drop(place);
+        assert!(
+            waiters.contact(&r).answered.is_none(),
+            "forgotten with the queue"
+        );
     }
 
     #[test]
@@ -289,8 +462,8 @@ mod tests {
         let now = SystemTime::now();
         let live = grant("live", now + Duration::from_secs(10));
         let dead = grant("dead", now - Duration::from_secs(1));
-        holds.insert(&live, Duration::from_secs(30));
-        holds.insert(&dead, Duration::from_secs(30));
+        holds.insert(&live, Duration::from_secs(30), LineView::default());
+        holds.insert(&dead, Duration::from_secs(30), LineView::default());
         assert_eq!(
             holds.live_lease(&resource("live"), now),
             Some(live.expires_at)
@@ -313,10 +486,51 @@ mod tests {
         let now = SystemTime::now();
         let old = grant("a", now - Duration::from_secs(1));
         let new = grant("a", now + Duration::from_secs(10));
-        holds.insert(&old, Duration::from_secs(30));
-        holds.insert(&new, Duration::from_secs(30));
+        holds.insert(&old, Duration::from_secs(30), LineView::default());
+        holds.insert(&new, Duration::from_secs(30), LineView::default());
         assert!(holds.get(&old.lock_id).is_none());
         assert_eq!(holds.lock_ids(), vec![new.lock_id.clone()]);
         assert_eq!(holds.live_lease(&resource("a"), now), Some(new.expires_at));
+    }
+
+    #[actix_rt::test]
+    async fn every_hold_leaving_the_record_wakes_ended_and_live_at_counts_unexpired_holds() {
+        let holds = LocalHolds::default();
+        let now = SystemTime::now();
+        let first = grant("a", now + Duration::from_secs(10));
+        let second = grant("b", now + Duration::from_secs(5));
+        let expired = grant("c", now - Duration::from_secs(1));
+        for hold in [&first, &second, &expired] {
+            holds.insert(hold, Duration::from_secs(30), LineView::default());
+        }
+        assert_eq!(holds.live_at(now), (2, Some(second.expires_at)));
+
+        let ended = holds.ended();
+        tokio::pin!(ended);
+        let early = tokio::time::timeout(Duration::from_millis(20), &mut ended).await;
+        assert!(early.is_err(), "ended before any hold left");
+        assert!(holds.remove(&second.lock_id).is_some());
+        tokio::time::timeout(BOUND, ended)
+            .await
+            .expect("a removal wakes ended()");
+        assert_eq!(holds.live_at(now), (1, Some(first.expires_at)));
+
+        // A hold replaced by a newer one on its resource has ended too.
+        let replaced = holds.ended();
+        holds.insert(
+            &grant("a", now + Duration::from_secs(20)),
+            Duration::from_secs(30),
+            LineView::default(),
+        );
+        tokio::time::timeout(BOUND, replaced)
+            .await
+            .expect("a replaced hold wakes ended()");
+
+        // Forgetting an unknown id is no end.
+        let nothing = holds.ended();
+        assert!(holds.remove(&LockId::generate()).is_none());
+        let early = tokio::time::timeout(Duration::from_millis(20), nothing).await;
+        assert!(early.is_err(), "ended woke without a hold leaving");
+        assert_eq!(holds.live_at(now + Duration::from_secs(30)), (0, None));
     }
 }

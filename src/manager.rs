@@ -15,10 +15,10 @@ use tracing::Instrument;
 
 use crate::config::LockConfig;
 use crate::core::Core;
-use crate::error::LockError;
+use crate::error::{DriverResult, LockError};
 use crate::messages::{
-    Acquire, Close, CloseReport, HoldStatus, ListHolds, Lock, LockGrant, Renew, Status,
-    StopGranting, Unlock, UnlockOutcome,
+    Acquire, AwaitReleased, Close, CloseReport, HoldStatus, ListHolds, Lock, LockGrant,
+    ReleasedReport, Renew, Status, StopGranting, Unlock, UnlockOutcome,
 };
 use crate::purger::{Purged, Purger};
 use crate::reply::{Caller, Reply};
@@ -45,12 +45,17 @@ pub struct LockManager {
 }
 
 impl LockManager {
-    /// Checks `config`, creates the collection's indexes, measures the server's clock and starts
-    /// the manager (and its purger) on the current arbiter.
+    /// Checks `config`, asks the server what it is (`buildInfo`), creates the collection's
+    /// indexes, measures the server's clock and starts the manager (and its purger) on the
+    /// current arbiter.
     ///
-    /// Fails with [`LockError::InvalidConfig`] before touching the database, or with
-    /// [`LockError::Database`] when the server cannot be reached within the client's server
-    /// selection timeout.
+    /// Fails with [`LockError::InvalidConfig`] before touching the database; with
+    /// [`LockError::UnsafeServer`] on a server known not to keep a lock safe, before anything
+    /// is written; with [`LockError::Unavailable`] when the server does not answer one of those
+    /// requests within `LockConfig::request_timeout` (5 s by default, so a server that is gone
+    /// is reported then, not after the driver's 30 s server selection); or with
+    /// [`LockError::Database`] when the driver gives up sooner (a shorter server selection
+    /// timeout) or the server refuses a request (an unsatisfiable write concern).
     pub async fn with_client(client: Client, config: LockConfig) -> Result<Addr<Self>, LockError> {
         let core = Core::open(client, config).await?;
         Ok(LockManager { core, purger: None }.start())
@@ -80,7 +85,7 @@ impl LockManager {
     /// [`with_client`](Self::with_client) does.
     pub async fn connect(uri: &str, config: LockConfig) -> Result<Addr<Self>, LockError> {
         config.validate()?;
-        let client = Client::with_uri_str(uri).await?;
+        let client = Client::with_uri_str(uri).await.db()?;
         Self::with_client(client, config).await
     }
 }
@@ -173,6 +178,9 @@ impl Handler<Unlock> for LockManager {
     fn handle(&mut self, msg: Unlock, _: &mut Self::Context) -> Self::Result {
         let span = tracing::info_span!(parent: &msg.span, "unlock", lock_id = ?msg.lock_id);
         accept(&self.core, Asks::Other, span, |core, _| async move {
+            if msg.shared_only {
+                core.check_shared(&msg.lock_id).await?;
+            }
             core.unlock(&msg.lock_id).await
         })
     }
@@ -216,6 +224,22 @@ impl Handler<StopGranting> for LockManager {
 
     fn handle(&mut self, _: StopGranting, _: &mut Self::Context) {
         self.core.stop_granting();
+    }
+}
+
+/// Takes no drain token: `Close` does not wait for it, and it ends when `Close` has finished.
+impl Handler<AwaitReleased> for LockManager {
+    type Result = Reply<ReleasedReport>;
+
+    fn handle(&mut self, msg: AwaitReleased, _: &mut Self::Context) -> Self::Result {
+        let span = tracing::info_span!(parent: &msg.span, "await_released", timeout = ?msg.timeout);
+        let core = Rc::clone(&self.core);
+        let caller = Rc::new(Caller::default());
+        let waiting = Rc::clone(&caller);
+        Reply::new(
+            caller,
+            async move { core.await_released(msg.timeout, &waiting).await }.instrument(span),
+        )
     }
 }
 

@@ -113,8 +113,9 @@ impl fmt::Debug for LockId {
 /// A granted hold.
 ///
 /// With the `serde` feature (on by default) it serialises without its lock id: knowing the id
-/// is the right to unlock, so it never leaves the process by accident. Times serialise as serde
-/// does `SystemTime` (`{secs_since_epoch, nanos_since_epoch}`).
+/// is the right to unlock, so it never leaves the process by accident. Times serialise as
+/// RFC 3339 strings in UTC with milliseconds (`"2026-12-02T16:49:16.123Z"`), the precision
+/// the database stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -129,13 +130,64 @@ pub struct LockGrant {
     /// already went to someone with a higher fence.
     pub fence: i64,
     /// When the grant was made, on the server's clock.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "rfc3339::time"))]
     pub granted_at: SystemTime,
     /// When the lease ends unless renewed, on the server's clock.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "rfc3339::time"))]
     pub expires_at: SystemTime,
+    /// Whether this is a shared hold ([`Lock::shared`], [`Acquire::shared`]).
+    pub shared: bool,
 }
 
-/// What an [`Unlock`] did.
+/// Whether a grant is the resource's only holder, or one of several.
+///
+/// See docs/guide.md, "Shared holds and semaphores".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HoldMode {
+    /// The only holder: refused while any other hold, exclusive or shared, is live.
+    #[default]
+    Exclusive,
+    /// One of several holders (square/mongo-lock's `SLock`): granted beside other shared holds,
+    /// refused while an exclusive hold is live, while a manager waits in line for an exclusive
+    /// hold, or while `max_holders` shared holds are live.
+    Shared {
+        /// At most this many shared holds at once (a counted semaphore); `None`: no limit.
+        max_holders: Option<u32>,
+    },
+}
+
+impl HoldMode {
+    /// Whether this is [`HoldMode::Shared`].
+    pub fn is_shared(&self) -> bool {
+        matches!(self, HoldMode::Shared { .. })
+    }
+
+    /// The limit of holders of a shared request; [`LockError::InvalidMaxHolders`] for 0.
+    pub(crate) fn checked_limit(&self) -> Result<Option<u32>, LockError> {
+        match *self {
+            HoldMode::Shared {
+                max_holders: Some(0),
+            } => Err(LockError::InvalidMaxHolders { max_holders: 0 }),
+            HoldMode::Shared { max_holders } => Ok(max_holders),
+            HoldMode::Exclusive => Ok(None),
+        }
+    }
+}
+
+/// What an [`Unlock`] did. New outcomes may come: match with a `_` arm.
+///
+/// ```compile_fail,E0004
+/// use actix_mongo_lock::UnlockOutcome;
+/// fn word(o: UnlockOutcome) -> &'static str {
+///     match o {
+///         UnlockOutcome::Released => "released",
+///         UnlockOutcome::NotHeld => "not held",
+///         UnlockOutcome::Unconfirmed => "unconfirmed",
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum UnlockOutcome {
     /// The hold with that id was released.
@@ -150,7 +202,8 @@ pub enum UnlockOutcome {
     Unconfirmed,
 }
 
-/// One attempt to lock a resource; [`LockError::AlreadyLocked`] if it is held.
+/// One attempt to lock a resource; [`LockError::AlreadyLocked`] if it is held, or if another
+/// manager's turn in its line of waiting managers is live.
 ///
 /// ```no_run
 /// # async fn demo(manager: actix::Addr<actix_mongo_lock::LockManager>) -> Result<(), Box<dyn std::error::Error>> {
@@ -167,6 +220,8 @@ pub struct Lock {
     pub keep_alive: Option<KeepAlive>,
     /// The lease of this grant; `None` uses `LockConfig::ttl`.
     pub ttl: Option<Duration>,
+    /// Exclusive (the default) or shared.
+    pub mode: HoldMode,
     /// The sender's span when the message was made: the manager's span is its child.
     pub(crate) span: Span,
 }
@@ -178,8 +233,15 @@ impl Lock {
             resource_id: resource_id.into(),
             keep_alive: None,
             ttl: None,
+            mode: HoldMode::Exclusive,
             span: Span::current(),
         }
+    }
+
+    /// Take a shared hold of `resource_id`, beside other shared holds ([`HoldMode::Shared`]);
+    /// [`LockError::AlreadyLocked`] if it cannot be granted now.
+    pub fn shared(resource_id: impl Into<String>) -> Self {
+        Lock::new(resource_id).with_mode(HoldMode::Shared { max_holders: None })
     }
 }
 
@@ -201,6 +263,23 @@ macro_rules! grant_options {
                 self.keep_alive = Some(keep_alive);
                 self
             }
+
+            /// Make this a shared hold, one of at most `n` at once on the resource (a counted
+            /// semaphore, square/mongo-lock's `maxConcurrent`). Every shared holder of a resource
+            /// must ask for the same limit while shared holds are live
+            /// ([`LockError::MaxHoldersMismatch`]); 0 is [`LockError::InvalidMaxHolders`]. Both
+            /// answers write nothing.
+            pub fn max_holders(self, n: u32) -> Self {
+                self.with_mode(HoldMode::Shared {
+                    max_holders: Some(n),
+                })
+            }
+
+            /// Exclusive or shared.
+            pub fn with_mode(mut self, mode: HoldMode) -> Self {
+                self.mode = mode;
+                self
+            }
         }
     };
 }
@@ -211,11 +290,14 @@ grant_options!(Acquire);
 /// How an [`Acquire`] waits for a resource held by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Polling {
-    /// Only the oldest waiter of a resource in this manager asks the database. A release through
-    /// this manager wakes it at once; a release elsewhere wakes it through the manager's change
-    /// stream of releases where the server has change streams, and a lease that ends wakes it
-    /// at its stored end. Without a stream it retries after pauses growing from a tenth of
-    /// `acquire_period` to `acquire_period`, with up to 40 % jitter. The default.
+    /// Only the oldest waiter of a resource in this manager asks the database, and managers
+    /// wait in line for it, served in turn. A release through this manager wakes it at once; a
+    /// release elsewhere wakes it through the manager's change stream where the server has
+    /// change streams, if its manager's turn has come; a lease that ends wakes it at its stored
+    /// end. Without a stream, the manager next to be granted (and the one after it) retries
+    /// after pauses growing from a tenth of `acquire_period` to `acquire_period`, with up to
+    /// 40 % jitter; one further back looks about when its turn nears, at least once per
+    /// k × `acquire_period` when k places behind. The default.
     #[default]
     Adaptive,
     /// dplock's behaviour: a retry every `acquire_period`, `acquire_max_retries` times.
@@ -240,6 +322,8 @@ pub struct Acquire {
     pub keep_alive: Option<KeepAlive>,
     /// The lease of this grant; `None` uses `LockConfig::ttl`.
     pub ttl: Option<Duration>,
+    /// Exclusive (the default) or shared.
+    pub mode: HoldMode,
     /// The sender's span when the message was made: the manager's span is its child.
     pub(crate) span: Span,
 }
@@ -253,8 +337,16 @@ impl Acquire {
             polling: Polling::default(),
             keep_alive: None,
             ttl: None,
+            mode: HoldMode::Exclusive,
             span: Span::current(),
         }
+    }
+
+    /// Acquire a shared hold of `resource_id` ([`HoldMode::Shared`]), waiting while it cannot
+    /// be granted: while an exclusive hold is live, a manager waits in line for one, or (with
+    /// [`max_holders`](Self::max_holders)) the limit is reached.
+    pub fn shared(resource_id: impl Into<String>) -> Self {
+        Acquire::new(resource_id).with_mode(HoldMode::Shared { max_holders: None })
     }
 
     /// Wait at most `timeout`, then answer [`LockError::AcquireTimeout`].
@@ -276,16 +368,28 @@ impl Acquire {
 pub struct Unlock {
     /// The id from the [`LockGrant`].
     pub lock_id: LockId,
+    /// Release only a shared hold: [`LockError::NotShared`] for an exclusive one.
+    pub shared_only: bool,
     /// The sender's span when the message was made: the manager's span is its child.
     pub(crate) span: Span,
 }
 
 impl Unlock {
-    /// Release `lock_id`.
+    /// Release `lock_id`, exclusive or shared.
     pub fn new(lock_id: LockId) -> Self {
         Unlock {
             lock_id,
+            shared_only: false,
             span: Span::current(),
+        }
+    }
+
+    /// Release the shared hold `lock_id`; [`LockError::NotShared`], with nothing written, if
+    /// `lock_id` is an exclusive hold.
+    pub fn shared(lock_id: LockId) -> Self {
+        Unlock {
+            shared_only: true,
+            ..Unlock::new(lock_id)
         }
     }
 }
@@ -293,13 +397,16 @@ impl Unlock {
 /// Phase 1 of a shutdown: stop granting, let running work finish. New `Lock` and `Acquire`
 /// answer [`LockError::Closing`] and waiting Acquires end with it (so a peer manager can take the
 /// resources they waited for), while `Unlock`, `Renew`, `Status`, `ListHolds`, keep-alive and
-/// guards keep working. Answers at once. Send [`Close`] when the running work is done.
+/// guards keep working. Answers at once; [`AwaitReleased`] then waits until the running work
+/// has unlocked, and [`Close`] comes last.
 ///
 /// ```no_run
 /// # async fn demo(manager: actix::Addr<actix_mongo_lock::LockManager>) -> Result<(), actix::MailboxError> {
-/// use actix_mongo_lock::{Close, StopGranting};
+/// use std::time::Duration;
+/// use actix_mongo_lock::{AwaitReleased, Close, StopGranting};
 /// manager.send(StopGranting).await?;   // on SIGTERM
-/// // ... running requests finish and unlock ...
+/// // Running requests finish and unlock; wait for that, 10 s at most.
+/// let released = manager.send(AwaitReleased::within(Duration::from_secs(10))).await?;
 /// let report = manager.send(Close).await?;
 /// assert_eq!(report.unreleased, 0);
 /// # Ok(()) }
@@ -307,6 +414,75 @@ impl Unlock {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct StopGranting;
+
+/// The wait of phase 1 of a shutdown: answers once no hold granted by this manager is held any
+/// more, or when [`timeout`](Self::timeout) has passed, whichever comes first, with a
+/// [`ReleasedReport`] that says how many were still held.
+///
+/// A hold ends when it is unlocked (by [`Unlock`], or by a [`LockGuard`](crate::LockGuard)
+/// dropped or unlocked), found lost (a `Renew` or a keep-alive answered that it is gone),
+/// released by [`Close`], or when its lease ends (by this manager's estimate of the server's
+/// clock; a lease renewed by keep-alive goes on). Holds granted by other managers do not
+/// count. A grant still on its way when [`StopGranting`] came is given to nobody and released
+/// at once; it counts until that release is confirmed.
+///
+/// The bound: it answers within `timeout`, and no later than the end of a [`Close`] that runs
+/// meanwhile (or at once after one). It makes no database request, so a database that is slow
+/// or gone does not lengthen it; but then an `Unlock` cannot be confirmed, and its hold counts
+/// as held until its lease ends, so the wait usually lasts its whole `timeout`. A caller that
+/// stops waiting (its `send` dropped) ends it.
+///
+/// It changes nothing: it neither stops granting (send [`StopGranting`] first, or new grants
+/// keep it waiting) nor releases anything, and `Close` does not wait for it.
+///
+/// ```no_run
+/// # async fn demo(manager: actix::Addr<actix_mongo_lock::LockManager>) -> Result<(), actix::MailboxError> {
+/// use std::time::Duration;
+/// use actix_mongo_lock::{AwaitReleased, StopGranting};
+/// manager.send(StopGranting).await?;
+/// let released = manager.send(AwaitReleased::within(Duration::from_secs(10))).await?;
+/// if released.still_held > 0 {
+///     // Work still runs under those holds after 10 s: Close will release them under it.
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "ReleasedReport")]
+pub struct AwaitReleased {
+    /// How long to wait at most. `Duration::MAX` waits until the holds end or `Close` has run.
+    pub timeout: Duration,
+    /// The sender's span when the message was made: the manager's span is its child.
+    pub(crate) span: Span,
+}
+
+impl AwaitReleased {
+    /// Wait at most `timeout` for the holds granted here to end.
+    pub fn within(timeout: Duration) -> Self {
+        AwaitReleased {
+            timeout,
+            span: Span::current(),
+        }
+    }
+}
+
+/// What [`AwaitReleased`] saw when it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReleasedReport {
+    /// Holds granted here and still held when it answered: 0 when every one had ended; more
+    /// when the timeout passed first, or a `Close` ended without releasing them (the database
+    /// was gone).
+    pub still_held: usize,
+    /// How long it waited.
+    pub waited: Duration,
+}
+
+impl ReleasedReport {
+    /// Whether every hold granted here had ended (`still_held == 0`).
+    pub fn all_released(&self) -> bool {
+        self.still_held == 0
+    }
+}
 
 /// Phase 2 of a shutdown, the drain: every accepted message is answered, waiting Acquires end
 /// with [`LockError::Closing`], the holds still held here are released and the purger stops (a
@@ -392,8 +568,19 @@ pub struct LeaseLost {
     pub reason: LostReason,
 }
 
-/// Why a kept-alive hold was lost.
+/// Why a kept-alive hold was lost. New reasons may come: match with a `_` arm.
+///
+/// ```compile_fail,E0004
+/// use actix_mongo_lock::LostReason;
+/// fn word(r: LostReason) -> &'static str {
+///     match r {
+///         LostReason::Gone => "gone",
+///         LostReason::Unreachable => "unreachable",
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LostReason {
     /// The server answered that the hold is gone: it expired, was purged or taken over.
     Gone,
@@ -401,7 +588,8 @@ pub enum LostReason {
     Unreachable,
 }
 
-/// Extend the lease of a live hold by the configured TTL, from now. Answers
+/// Extend the lease of a live hold to now plus its TTL: the lease it was granted with, if this
+/// manager granted it (see [`Lock::ttl`]), else the configured one. Answers
 /// [`LockError::LockLost`] if the hold is not live any more; an expired hold is never revived.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<LockGrant, LockError>")]
@@ -448,7 +636,8 @@ impl Status {
 #[rtype(result = "Result<Vec<HoldStatus>, LockError>")]
 pub struct ListHolds;
 
-/// A hold as [`Status`] and [`ListHolds`] show it (and, with the `serde` feature, serialise it).
+/// A hold as [`Status`] and [`ListHolds`] show it (and, with the `serde` feature, serialise it:
+/// times as RFC 3339 strings, an unknown time as `null`, never the lock id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -460,13 +649,102 @@ pub struct HoldStatus {
     /// Where the holder runs (`LockConfig::host`).
     pub host: Option<String>,
     /// When it was granted (server clock).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "rfc3339::maybe_time"))]
     pub created_at: Option<SystemTime>,
     /// When it was last renewed, if ever.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "rfc3339::maybe_time"))]
     pub renewed_at: Option<SystemTime>,
     /// When its lease ends unless renewed.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "rfc3339::maybe_time"))]
     pub expires_at: Option<SystemTime>,
     /// Its fencing token.
     pub fence: i64,
     /// Whether the lease was live when read (server clock).
     pub live: bool,
+    /// Whether this is a shared hold.
+    pub shared: bool,
+    /// How many shared holds of the resource were live when read (0 for an exclusive hold).
+    /// [`Status`] answers one of them, the one whose lease ends last; [`ListHolds`] lists each.
+    pub shared_holders: usize,
+}
+
+/// Times in the `serde` output: RFC 3339 strings in UTC, always with three digits of
+/// milliseconds (`2026-12-02T16:49:16.120Z`), so they have one width and sort as text.
+#[cfg(feature = "serde")]
+mod rfc3339 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub(super) fn time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    pub(super) fn maybe_time<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => time(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// `t` to the millisecond, in the proleptic Gregorian calendar (years 0000 to 9999).
+    fn format(t: SystemTime) -> String {
+        let ms = match t.duration_since(UNIX_EPOCH) {
+            Ok(after) => after.as_millis() as i64,
+            Err(before) => -(before.duration().as_millis() as i64),
+        };
+        let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+        let (year, month, day) = civil_from_days(days);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            ms_of_day / 3_600_000,
+            ms_of_day / 60_000 % 60,
+            ms_of_day / 1000 % 60,
+            ms_of_day % 1000
+        )
+    }
+
+    /// The date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    fn civil_from_days(days: i64) -> (i64, i64, i64) {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let day_of_era = z - era * 146_097;
+        let year_of_era =
+            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+        let shifted_month = (5 * day_of_year + 2) / 153;
+        let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+        let month = if shifted_month < 10 {
+            shifted_month + 3
+        } else {
+            shifted_month - 9
+        };
+        (year_of_era + era * 400 + i64::from(month <= 2), month, day)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::time::{Duration, UNIX_EPOCH};
+
+        use super::format;
+
+        #[test]
+        fn times_format_as_rfc_3339_with_three_digits_of_milliseconds() {
+            for (ms, text) in [
+                (0_i64, "1970-01-01T00:00:00.000Z"),
+                (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+                (1_796_233_756_120, "2026-12-02T17:49:16.120Z"),
+                (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+                (-1, "1969-12-31T23:59:59.999Z"),
+            ] {
+                let t = if ms >= 0 {
+                    UNIX_EPOCH + Duration::from_millis(ms as u64)
+                } else {
+                    UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+                };
+                assert_eq!(format(t), text, "{ms}");
+            }
+        }
+    }
 }

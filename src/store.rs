@@ -6,12 +6,17 @@
 //! ```text
 //! { resource: "<name>-<resource_id>",                 // unique index
 //!   exclusive: { lockId, owner, host, comment, createdAt, renewedAt, expiresAt, acquired },
-//!   shared:    { count: 0, locks: [] },
-//!   fence:     <int64, +1 on every grant> }           // ours; Go clients ignore it
+//!   shared:    { count, locks: [...], maxHolders },   // square/mongo-lock's SLock holds
+//!                                                      //   (store/shared.rs), + our limit
+//!   fence:     <int64, +1 on every grant>,            // ours; Go clients ignore it
+//!   rev:       <int64, +1 on every shared write>,     // ours (store/shared.rs)
+//!   turn:      { manager, until, next },              // ours: the line of waiting managers
+//!   line:      [manager, ...] }                       //   (crate::line); Go clients ignore them
 //! ```
 //!
-//! Documents are never deleted: a release or purge rewrites `exclusive` to its released form, so
-//! `fence` survives and keeps increasing. Every write replaces `exclusive` whole rather than
+//! Documents are never deleted (but for a duplicate a grant just inserted, see `sole_document`):
+//! a release or purge rewrites `exclusive` to its released form, so `fence` survives and keeps
+//! increasing. Every write replaces `exclusive` whole rather than
 //! setting dotted paths; see docs/compatibility.md for why that form is correct on MongoDB and on
 //! the embedded test server alike.
 
@@ -20,13 +25,18 @@ use std::time::{Duration, SystemTime};
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
-use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::options::{CollectionOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 
 use crate::config::LockConfig;
-use crate::error::LockError;
+use crate::error::{server_code, DriverResult, LockError};
+use crate::line::{
+    successor, turn_until, LineEvent, LineView, Successor, Turn, TurnAfter, TURN_LIFE,
+};
 use crate::messages::{HoldStatus, LockGrant, LockId, ResourceId};
+
+mod shared;
+pub(crate) use shared::{HoldKind, SharedGrant};
 
 /// How long the server holds the release stream's `getMore` open when it has nothing to say
 /// (MongoDB's default is 1 s): an idle stream costs one request per this, not one a second. A
@@ -50,14 +60,20 @@ pub struct MongoStore {
     owner: String,
     host: String,
     request_timeout: Duration,
+    /// The documents this store last wrote shared holds into (`shared`).
+    seen: shared::SeenDocuments,
 }
 
 impl MongoStore {
-    /// The store of `config`'s lock family on `client`. Makes no request.
+    /// The store of `config`'s lock family on `client`. Makes no request. Every write to the
+    /// collection carries `config.write_concern` (`None`: the client's).
     pub fn new(client: Client, config: &LockConfig) -> Self {
+        let options = CollectionOptions::builder()
+            .write_concern(config.write_concern.clone())
+            .build();
         let collection = client
             .database(&config.database)
-            .collection(&config.collection_name());
+            .collection_with_options(&config.collection_name(), options);
         MongoStore {
             client,
             collection,
@@ -65,6 +81,7 @@ impl MongoStore {
             owner: config.owner.clone(),
             host: config.host.clone(),
             request_timeout: config.request_timeout,
+            seen: shared::SeenDocuments::default(),
         }
     }
 
@@ -119,10 +136,10 @@ impl MongoStore {
                     .build();
                 match self.collection.create_index(index).await {
                     Ok(_) => {}
-                    Err(e) if matches!(error_code(&e), Some(85 | 86)) => {
+                    Err(e) if matches!(server_code(&e), Some(85 | 86)) => {
                         self.accept_existing_index(key, unique, e).await?
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(LockError::database(e)),
                 }
             }
             Ok(())
@@ -141,7 +158,14 @@ impl MongoStore {
         conflict: mongodb::error::Error,
     ) -> Result<(), LockError> {
         use futures::TryStreamExt;
-        let existing: Vec<IndexModel> = self.collection.list_indexes().await?.try_collect().await?;
+        let existing: Vec<IndexModel> = self
+            .collection
+            .list_indexes()
+            .await
+            .db()?
+            .try_collect()
+            .await
+            .db()?;
         let serves = existing.iter().any(|index| {
             index.keys == doc! { key: 1 }
                 && (!unique
@@ -158,7 +182,7 @@ impl MongoStore {
             );
             Ok(())
         } else {
-            Err(conflict.into())
+            Err(LockError::database(conflict))
         }
     }
 
@@ -169,7 +193,8 @@ impl MongoStore {
                 .client
                 .database("admin")
                 .run_command(doc! { "hello": 1 })
-                .await?;
+                .await
+                .db()?;
             match reply.get("localTime") {
                 Some(Bson::DateTime(t)) => Ok(t.to_system_time()),
                 _ => Err(LockError::CorruptDocument {
@@ -180,22 +205,38 @@ impl MongoStore {
         .await
     }
 
+    /// The server's `buildInfo` answer, which names the server (see `crate::server::judge`).
+    /// One round trip.
+    pub(crate) async fn build_info(&self) -> Result<Document, LockError> {
+        self.bounded("buildInfo", async {
+            self.client
+                .database("admin")
+                .run_command(doc! { "buildInfo": 1 })
+                .await
+                .db()
+        })
+        .await
+    }
+
     /// One atomic grant: takes `resource` if it is free, its lease expired, or it is already
     /// held under `lock_id` (a retry whose first reply was lost). `Ok(None)` means someone else
     /// holds a live lease. One `findOneAndUpdate`, one round trip.
     ///
     /// The grant also keeps the line of waiting managers ([`LineView`]): it is refused while
-    /// another manager's turn is live (unless it is a retry of this grant), takes `in_line.manager`
-    /// out of the line, and either hands the turn on ([`TurnAfter::Pass`]) or lets the granted
-    /// manager keep it for its own next waiter ([`TurnAfter::Keep`]). The answer carries the
-    /// line as the grant left it.
+    /// another manager's turn is live (unless it is a retry of this grant), takes `manager` out
+    /// of the line, and either hands the turn on ([`TurnAfter::Pass`]: the turn then lasts until
+    /// the lease ends, plus [`TURN_LIFE`]) or lets the granted manager keep it for its own next
+    /// waiter ([`TurnAfter::Keep`]). The answer carries the line as the grant left it. A grant's
+    /// change event wakes nobody (`watch_releases` lets no grant through): the manager given
+    /// the turn learns of it at its next look.
     pub(crate) async fn grant(
         &self,
         resource: &ResourceId,
         lock_id: &LockId,
         now: SystemTime,
         ttl: Duration,
-        in_line: &InLine<'_>,
+        manager: &str,
+        then: &TurnAfter,
     ) -> Result<Option<(LockGrant, LineView)>, LockError> {
         self.bounded_within(ttl, "grant", async {
             let now_bson = DateTime::from_system_time(now);
@@ -218,14 +259,21 @@ impl MongoStore {
                     { "$or": [
                         { "turn": { "$exists": false } },
                         { "turn.until": { "$lt": millis(now) } },
-                        { "turn.manager": in_line.manager },
+                        { "turn.manager": manager },
                         { "exclusive.lockId": lock_id.as_str() },
                     ] },
                 ],
             };
-            let (next_turn, pass_to) = match in_line.then {
-                TurnAfter::Pass(to) => (turn(to, now), to),
-                TurnAfter::Keep => (kept_turn(in_line.manager, now, ttl), None),
+            let (next_turn, pass_to) = match then {
+                TurnAfter::Pass { to: Some(to), next } => (
+                    turn(to, turn_until(now, Some(expires_at)), next.as_deref()),
+                    Some(to.as_str()),
+                ),
+                TurnAfter::Pass { to: None, .. } => (nobodys_turn_written(), None),
+                TurnAfter::Keep { next } => (
+                    turn(manager, expires_at.max(now + TURN_LIFE), next.as_deref()),
+                    None,
+                ),
             };
             let update = doc! {
                 "$set": {
@@ -234,7 +282,7 @@ impl MongoStore {
                     "turn": next_turn,
                 },
                 "$inc": { "fence": 1_i64 },
-                "$pull": { "line": { "$in": leaving(in_line.manager, pass_to) } },
+                "$pull": { "line": { "$in": leaving(manager, pass_to) } },
             };
             let result = self
                 .collection
@@ -247,8 +295,8 @@ impl MongoStore {
                 // Real MongoDB answers a held resource with the upsert's duplicate key; the embedded
                 // test server answers with no document. Both mean "held by someone else".
                 Ok(None) => return Ok(None),
-                Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => return Ok(None),
-                Err(e) => return Err(e.into()),
+                Err(e) if server_code(&e) == Some(DUPLICATE_KEY) => return Ok(None),
+                Err(e) => return Err(LockError::database(e)),
             };
             let fence = read_fence(&stored)?;
             if fence == 1 && !self.sole_document(resource, lock_id, &stored).await? {
@@ -260,39 +308,42 @@ impl MongoStore {
                 fence,
                 granted_at,
                 expires_at,
+                shared: false,
             };
-            Ok(Some((grant, LineView::read(&stored, now)?)))
+            Ok(Some((grant, line_view(&stored, now)?)))
         })
         .await
     }
 
-    /// Puts `manager` in `resource`'s line of waiting managers: it takes the turn if the turn is
-    /// nobody's (or renews it for [`TURN_LIFE`] when `has_turn` and it still has it), else it
-    /// goes to the end of the line, unless it is in line already. Answers the line and the hold
-    /// as they stand, or `None` if the resource has no document (then it is free). One
+    /// Puts `turn.manager` in `resource`'s line of waiting managers: it takes the turn, written
+    /// as `turn`, if the turn is nobody's (or renews it so when `renew` and it still has it),
+    /// else it goes to the end of the line, unless it is in line already. Answers the line and
+    /// the hold as they stand, or `None` if the resource has no document (then it is free). One
     /// `findOneAndUpdate` when it takes or renews the turn; two when it joins the line, or three
     /// the first time a resource has a line, since nx-27017 cannot `$addToSet` to a missing
     /// array.
     pub(crate) async fn join_line(
         &self,
         resource: &ResourceId,
-        manager: &str,
-        has_turn: bool,
+        turn: &Turn,
+        renew: bool,
         now: SystemTime,
     ) -> Result<Option<LineView>, LockError> {
         self.bounded("join_line", async {
             let name = self.stored_name(resource);
-            if has_turn {
+            let manager = turn.manager.as_str();
+            if renew {
                 let renewed = self
                     .collection
                     .find_one_and_update(
                         doc! { "resource": &name, "turn.manager": manager },
-                        doc! { "$set": { "turn": turn(Some(manager), now) } },
+                        doc! { "$set": { "turn": turn_written(turn) } },
                     )
                     .return_document(ReturnDocument::After)
-                    .await?;
+                    .await
+                    .db()?;
                 if let Some(stored) = renewed {
-                    return Ok(Some(LineView::read(&stored, now)?));
+                    return Ok(Some(line_view(&stored, now)?));
                 }
             }
             let took = self
@@ -300,14 +351,15 @@ impl MongoStore {
                 .find_one_and_update(
                     doc! { "resource": &name, "$and": [nobodys_turn(now)] },
                     doc! {
-                        "$set": { "turn": turn(Some(manager), now) },
+                        "$set": { "turn": turn_written(turn) },
                         "$pull": { "line": manager },
                     },
                 )
                 .return_document(ReturnDocument::After)
-                .await?;
+                .await
+                .db()?;
             if let Some(stored) = took {
-                return Ok(Some(LineView::read(&stored, now)?));
+                return Ok(Some(line_view(&stored, now)?));
             }
             self.append_to_line(&name, manager, now).await
         })
@@ -345,7 +397,8 @@ impl MongoStore {
                 doc! { "$addToSet": { "line": manager } },
             )
             .return_document(ReturnDocument::After)
-            .await?;
+            .await
+            .db()?;
         if joined.is_none() {
             joined = self
                 .collection
@@ -354,9 +407,10 @@ impl MongoStore {
                     doc! { "$set": { "line": [manager] } },
                 )
                 .return_document(ReturnDocument::After)
-                .await?;
+                .await
+                .db()?;
         }
-        LineView::read_found(joined, now)
+        read_found(joined, now)
     }
 
     /// Reads `resource`'s line and hold as they stand, writing nothing (`None`: the resource
@@ -372,18 +426,20 @@ impl MongoStore {
                 .collection
                 .find_one(doc! { "resource": self.stored_name(resource) })
                 .projection(doc! { "exclusive": 1, "shared": 1, "turn": 1, "line": 1, "fence": 1 })
-                .await?;
-            LineView::read_found(stored, now)
+                .await
+                .db()?;
+            read_found(stored, now)
         })
         .await
     }
 
-    /// Gives the turn to `to` (taking it out of the line), if nobody's turn is live. Answers
-    /// the line as it then stands, or `None` if someone's turn was live after all.
+    /// Gives the turn, written as `turn`, to `turn.manager` (taking it out of the line), if
+    /// nobody's turn is live. Answers the line as it then stands, or `None` if someone's turn
+    /// was live after all.
     pub(crate) async fn pass_turn(
         &self,
         resource: &ResourceId,
-        to: &str,
+        turn: &Turn,
         now: SystemTime,
     ) -> Result<Option<LineView>, LockError> {
         self.bounded("pass_turn", async {
@@ -391,51 +447,59 @@ impl MongoStore {
                 .collection
                 .find_one_and_update(
                     doc! { "resource": self.stored_name(resource), "$and": [nobodys_turn(now)] },
-                    doc! { "$set": { "turn": turn(Some(to), now) }, "$pull": { "line": to } },
+                    doc! {
+                        "$set": { "turn": turn_written(turn) },
+                        "$pull": { "line": &turn.manager },
+                    },
                 )
                 .return_document(ReturnDocument::After)
-                .await?;
-            LineView::read_found(passed, now)
+                .await
+                .db()?;
+            read_found(passed, now)
         })
         .await
     }
 
     /// Takes `manager` out of `resource`'s line; if it has the turn, the turn goes to
-    /// `pass_to` (or to nobody).
+    /// `pass_to` (written as that `Turn`), or to nobody.
     pub(crate) async fn leave_line(
         &self,
         resource: &ResourceId,
         manager: &str,
-        pass_to: Option<&str>,
-        now: SystemTime,
+        pass_to: Option<&Turn>,
     ) -> Result<(), LockError> {
         self.bounded("leave_line", async {
             let name = self.stored_name(resource);
+            let next_turn = pass_to.map_or_else(nobodys_turn_written, turn_written);
             let passed = self
                 .collection
                 .update_one(
                     doc! { "resource": &name, "turn.manager": manager },
                     doc! {
-                        "$set": { "turn": turn(pass_to, now) },
-                        "$pull": { "line": { "$in": leaving(manager, pass_to) } },
+                        "$set": { "turn": next_turn },
+                        "$pull": { "line": {
+                            "$in": leaving(manager, pass_to.map(|turn| turn.manager.as_str())),
+                        } },
                     },
                 )
-                .await?;
+                .await
+                .db()?;
             if passed.matched_count == 0 {
                 self.collection
                     .update_one(
                         doc! { "resource": &name },
                         doc! { "$pull": { "line": manager } },
                     )
-                    .await?;
+                    .await
+                    .db()?;
             }
             Ok(())
         })
         .await
     }
 
-    /// After a grant that created its resource's document (fence 1): whether that document is
-    /// the only one for the resource. Only the unique `resource` index makes it so, and that
+    /// After a grant (exclusive or shared) that created its resource's document (fence 1):
+    /// whether that document is the only one for the resource. Only the unique `resource` index makes it so, and that
     /// index is gone if the collection was dropped or restored under running managers; then a
     /// second upsert inserts a second document instead of failing. If so, the new document is
     /// removed again (it never held anything anyone relied on), the grant is refused, and the
@@ -451,36 +515,93 @@ impl MongoStore {
             .collection
             .find_one(doc! { "resource": self.stored_name(resource), "_id": { "$ne": &id } })
             .projection(doc! { "_id": 1 })
-            .await?;
+            .await
+            .db()?;
         if other.is_none() {
             return Ok(true);
         }
         tracing::warn!("lock document duplicated (unique index missing?); refusing");
         self.collection
-            .delete_one(doc! { "_id": id, "exclusive.lockId": lock_id.as_str() })
-            .await?;
+            .delete_one(doc! { "_id": id, "$and": [{ "$or": [
+                { "exclusive.lockId": lock_id.as_str() },
+                { "shared.locks.lockId": lock_id.as_str() },
+            ] }] })
+            .await
+            .db()?;
         if let Err(e) = self.ensure_indexes().await {
             tracing::warn!(error = %e, "could not recreate the lock indexes");
         }
         Ok(false)
     }
 
-    /// Releases the hold with exactly `lock_id`; `true` if there was one. One update.
-    pub async fn release(&self, lock_id: &LockId) -> Result<bool, LockError> {
+    /// Releases the hold with exactly `lock_id`; `true` if there was one. The release names
+    /// whom it wakes: it writes the resource's turn whole ([`Successor`]), on the condition
+    /// that the line still stands as guessed, so its change event reaches exactly the holder of
+    /// the turn (and the turn's `next`), and no other manager's stream. `known` is the resource
+    /// and its line as last seen here (a hold granted here); then one `updateOne`, the resource
+    /// in its filter. Otherwise, or when the line moved since, the document is read first (a
+    /// `find` by lock id) and the release tried again on what it shows, up to
+    /// [`RELEASE_ROUNDS`] times; a line that keeps moving all along is released plainly,
+    /// naming nobody, which every waiting manager's stream then sees.
+    pub(crate) async fn release(
+        &self,
+        lock_id: &LockId,
+        known: Option<(&ResourceId, &LineView)>,
+        now: SystemTime,
+    ) -> Result<bool, LockError> {
         self.bounded("release", async {
-            let result = self
+            let mut guess = known.map(|(resource, view)| (self.stored_name(resource), successor(view, now)));
+            let mut name = None;
+            for _ in 0..RELEASE_ROUNDS {
+                let (resource, wakes) = match guess.take() {
+                    Some(guess) => guess,
+                    None => {
+                        let Some(stored) = self
+                            .collection
+                            .find_one(doc! { "exclusive.lockId": lock_id.as_str() })
+                            .projection(doc! { "resource": 1, "exclusive": 1, "shared": 1, "turn": 1, "line": 1 })
+                            .await.db()?
+                        else {
+                            return Ok(false);
+                        };
+                        let resource = stored.get_str("resource").map_err(corrupt)?.to_owned();
+                        (resource, successor(&line_view(&stored, now)?, now))
+                    }
+                };
+                let (condition, update) = release_naming(&wakes, now);
+                let released = self
+                    .collection
+                    .update_one(
+                        doc! {
+                            "resource": &resource,
+                            "exclusive.lockId": lock_id.as_str(),
+                            "$and": [condition],
+                        },
+                        update,
+                    )
+                    .await.db()?;
+                if released.matched_count > 0 {
+                    return Ok(true);
+                }
+                name = Some(resource);
+            }
+            tracing::debug!("the line kept moving; releasing without naming the next");
+            let mut filter = doc! { "exclusive.lockId": lock_id.as_str() };
+            if let Some(resource) = name {
+                filter.insert("resource", resource);
+            }
+            let released = self
                 .collection
-                .update_one(
-                    doc! { "exclusive.lockId": lock_id.as_str() },
-                    doc! { "$set": { "exclusive": released() } },
-                )
-                .await?;
-            Ok(result.matched_count > 0)
+                .update_one(filter, doc! { "$set": { "exclusive": released() } })
+                .await.db()?;
+            Ok(released.matched_count > 0)
         })
         .await
     }
 
-    /// Releases every hold whose lease ended before `now`; returns how many.
+    /// Releases every hold whose lease ended before `now`, exclusive (one `updateMany`) or
+    /// shared (a `find` of the documents with shared holds, and a write for each that holds
+    /// expired ones); returns how many.
     pub async fn purge_expired(&self, now: SystemTime) -> Result<u64, LockError> {
         self.bounded("purge_expired", async {
             let result = self
@@ -492,36 +613,47 @@ impl MongoStore {
                     },
                     doc! { "$set": { "exclusive": released() } },
                 )
-                .await?;
-            Ok(result.modified_count)
+                .await
+                .db()?;
+            let shared = self.purge_expired_shared(now).await?;
+            Ok(result.modified_count + shared)
         })
         .await
     }
 
     /// Extends the live hold `lock_id` to `now + ttl`; `Ok(None)` if it is not live. One
-    /// `findOneAndUpdate` when `created_at` (from the grant) is known, else a read first, since
-    /// `exclusive` is always written whole. "Live" is a strict `$gt`, so an expired hold is never
-    /// revived, and a purge (which needs `$lt`) cannot clear a hold renewed before it.
+    /// `findOneAndUpdate` when the hold's resource and `created_at` (from the grant) are known,
+    /// else a read by lock id first, since `exclusive` is always written whole (and the write
+    /// names its resource: the shard key of a collection sharded on `resource`). "Live" is a
+    /// strict `$gt`, so an expired hold is never revived, and a purge (which needs `$lt`)
+    /// cannot clear a hold renewed before it.
     pub async fn renew(
         &self,
         lock_id: &LockId,
-        created_at: Option<SystemTime>,
+        known: Option<(&ResourceId, SystemTime)>,
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Option<LockGrant>, LockError> {
         self.bounded_within(ttl, "renew", async {
-            let (owner, host, created_at) = match created_at {
-                Some(created_at) => (self.owner.clone(), self.host.clone(), created_at),
+            let (name, owner, host, created_at) = match known {
+                Some((resource, created_at)) => (
+                    self.stored_name(resource),
+                    self.owner.clone(),
+                    self.host.clone(),
+                    created_at,
+                ),
                 None => {
                     let Some(stored) = self
                         .collection
                         .find_one(doc! { "exclusive.lockId": lock_id.as_str() })
-                        .await?
+                        .await
+                        .db()?
                     else {
                         return Ok(None);
                     };
                     let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
                     (
+                        stored.get_str("resource").map_err(corrupt)?.to_owned(),
                         exclusive.get_str("owner").unwrap_or_default().to_owned(),
                         exclusive.get_str("host").unwrap_or_default().to_owned(),
                         read_date(exclusive, "createdAt")?.unwrap_or(now),
@@ -537,6 +669,7 @@ impl MongoStore {
                 .collection
                 .find_one_and_update(
                     doc! {
+                        "resource": name,
                         "exclusive.lockId": lock_id.as_str(),
                         "exclusive.acquired": true,
                         "exclusive.expiresAt": { "$gt": DateTime::from_system_time(now) },
@@ -544,7 +677,8 @@ impl MongoStore {
                     doc! { "$set": { "exclusive": exclusive } },
                 )
                 .return_document(ReturnDocument::After)
-                .await?;
+                .await
+                .db()?;
             let Some(stored) = renewed else {
                 return Ok(None);
             };
@@ -554,6 +688,7 @@ impl MongoStore {
                 fence: read_fence(&stored)?,
                 granted_at: created_at,
                 expires_at,
+                shared: false,
             }))
         })
         .await
@@ -569,29 +704,43 @@ impl MongoStore {
             let stored = self
                 .collection
                 .find_one(doc! { "resource": self.stored_name(resource) })
-                .await?;
-            match stored {
-                Some(stored) => self.hold_status(&stored, now),
-                None => Ok(None),
+                .await
+                .db()?;
+            let Some(stored) = stored else {
+                return Ok(None);
+            };
+            if let Some(exclusive) = self.hold_status(&stored, now)? {
+                return Ok(Some(exclusive));
             }
+            // The shared hold whose lease ends last (a live one before any expired one).
+            Ok(self
+                .shared_statuses(&stored, now)?
+                .into_iter()
+                .max_by_key(|status| (status.live, status.expires_at.is_none(), status.expires_at)))
         })
         .await
     }
 
-    /// Every hold in the collection, ordered by resource.
+    /// Every hold in the collection, exclusive and shared, ordered by resource.
     pub async fn list_holds(&self, now: SystemTime) -> Result<Vec<HoldStatus>, LockError> {
         self.bounded("list_holds", async {
             use futures::TryStreamExt;
             let stored: Vec<Document> = self
                 .collection
-                .find(doc! { "exclusive.acquired": true })
+                .find(doc! { "$and": [{ "$or": [
+                    { "exclusive.acquired": true },
+                    { "shared.count": { "$gt": 0 } },
+                ] }] })
                 .sort(doc! { "resource": 1 })
-                .await?
+                .await
+                .db()?
                 .try_collect()
-                .await?;
+                .await
+                .db()?;
             let mut holds = Vec::with_capacity(stored.len());
             for document in &stored {
                 holds.extend(self.hold_status(document, now)?);
+                holds.extend(self.shared_statuses(document, now)?);
             }
             Ok(holds)
         })
@@ -619,6 +768,8 @@ impl MongoStore {
             // A hold without an expiry (square/mongo-lock's, taken with no TTL) lives until
             // released.
             live: expires_at.is_none_or(|t| t > now),
+            shared: false,
+            shared_holders: 0,
         }))
     }
 
@@ -629,11 +780,11 @@ impl MongoStore {
     pub(crate) async fn change_streams_supported(&self) -> Result<bool, LockError> {
         let reply = self
             .bounded("hello", async {
-                Ok(self
-                    .client
+                self.client
                     .database("admin")
                     .run_command(doc! { "hello": 1 })
-                    .await?)
+                    .await
+                    .db()
             })
             .await?;
         let replica_set =
@@ -642,23 +793,39 @@ impl MongoStore {
         Ok(replica_set || router)
     }
 
-    /// Opens a change stream of this collection that the server filters down to releases: an
-    /// update whose `exclusive` sub-document was written whole with `acquired: false` (this
-    /// crate's release and purge, square/mongo-lock's unlock and purge), a replace by a released
-    /// document, a delete, and the events that end the stream. Without `updateLookup`: an
-    /// update or delete names its document by `_id` only ([`ReleaseEvent::ReleasedDocument`]),
-    /// sparing the server a read per event and per stream. An idle `getMore` waits
-    /// [`RELEASE_STREAM_AWAIT`]. `resume` continues after an earlier stream's last event; after
-    /// an invalidation it must start after it instead.
+    /// Opens a change stream of this collection that the server filters down to what concerns
+    /// `manager`'s waits: an update that writes the turn whole without a grant (a release, a
+    /// join, a leave, a settle or a renewal by this crate) and names `manager` as the turn's
+    /// holder or as its `next`; a release that writes no turn (square/mongo-lock's unlock and
+    /// purge, which dplock uses, and this crate's purge); a replace by a released document, a
+    /// delete, and the events that end the stream. So a release by this crate reaches the
+    /// manager it names, not every waiting manager, and no grant reaches anyone. Without
+    /// `updateLookup`: an update or delete names its document by `_id` only
+    /// ([`StreamEvent::Document`]), sparing the server a read per event and per stream. An
+    /// idle `getMore` waits [`RELEASE_STREAM_AWAIT`]. `resume` continues after an earlier
+    /// stream's last event; after an invalidation it must start after it instead.
     pub(crate) async fn watch_releases(
         &self,
+        manager: &str,
         resume: Option<ResumeToken>,
         after_invalidation: bool,
     ) -> Result<ReleaseStream, LockError> {
+        let no_grant = doc! { "$ne": true };
         let pipeline = [doc! { "$match": { "$or": [
             {
                 "operationType": "update",
+                "updateDescription.updatedFields.turn.manager": manager,
+                "updateDescription.updatedFields.exclusive.acquired": no_grant.clone(),
+            },
+            {
+                "operationType": "update",
+                "updateDescription.updatedFields.turn.next": manager,
+                "updateDescription.updatedFields.exclusive.acquired": no_grant,
+            },
+            {
+                "operationType": "update",
                 "updateDescription.updatedFields.exclusive.acquired": false,
+                "updateDescription.updatedFields.turn": { "$exists": false },
             },
             { "operationType": "replace", "fullDocument.exclusive.acquired": { "$ne": true } },
             { "operationType": { "$in": ["delete", "drop", "rename", "dropDatabase", "invalidate"] } },
@@ -673,7 +840,7 @@ impl MongoStore {
             (Some(token), false) => watch.resume_after(token),
             (None, _) => watch,
         };
-        let stream = self.bounded("watch", async { Ok(watch.await?) }).await?;
+        let stream = self.bounded("watch", async { watch.await.db() }).await?;
         Ok(ReleaseStream {
             stream,
             prefix: self.prefix.clone(),
@@ -728,133 +895,129 @@ fn released() -> Document {
     }
 }
 
-/// How long a turn in the line stays someone's without being renewed: the manager whose turn it
-/// is renews it at every safety probe (about once a second), so only a manager that stopped (a
-/// killed process, a lost connection) lets it lapse, and then holds up the line this long.
-pub(crate) const TURN_LIFE: Duration = Duration::from_secs(5);
+/// How many times a release tries to name whom it wakes before it releases plainly: the
+/// line it guessed from moved each time (managers joining, leaving, their turns passed on).
+const RELEASE_ROUNDS: usize = 3;
 
-/// Who a grant is for, in the line of waiting managers: the granting manager, and whose turn
-/// it is once the grant is made.
-pub(crate) struct InLine<'a> {
-    pub(crate) manager: &'a str,
-    pub(crate) then: TurnAfter<'a>,
-}
-
-/// Whose turn it is after a grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TurnAfter<'a> {
-    /// The turn goes to this manager (the first in line, as last seen), or to nobody.
-    Pass(Option<&'a str>),
-    /// The granted manager keeps the turn, for its own next waiter: until the lease ends, and
-    /// at least [`TURN_LIFE`]. A manager that has nobody left to use it hands it on (`leave_line`);
-    /// a killed one blocks the line no longer than its lease.
-    Keep,
-}
-
-/// A resource's line of waiting managers and its hold, as one answer of the store saw them.
+/// A resource's line and hold as `stored` shows them.
 ///
-/// Ours, beside square/mongo-lock's fields (Go clients ignore them):
-/// `turn: { manager, until }` is the manager whose turn it is to be granted next (`until` in
-/// server-clock milliseconds; a lapsed or missing turn is nobody's), and `line: [manager, ...]`
-/// the managers waiting after it, in arrival order.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct LineView {
-    /// When the live hold ends, or `None` if the resource is free.
-    pub(crate) held_until: Option<SystemTime>,
-    /// The manager whose turn is live, and until when (server time).
-    pub(crate) turn: Option<(String, SystemTime)>,
-    pub(crate) line: Vec<String>,
-    /// The resource's fence: it rises with every grant, so a change between two looks says
-    /// the resource is being handed on.
-    pub(crate) fence: Option<i64>,
-    /// The document's `_id` ([`document_key`]): the release stream names documents by it.
-    pub(crate) document: Option<String>,
+/// Ours, beside square/mongo-lock's fields (Go clients ignore them): `turn: { manager, until,
+/// next }` is the manager whose turn it is to be granted next (`until` in server-clock
+/// milliseconds; a lapsed turn, or one whose manager is `""`, is nobody's) and the one told when
+/// it ends, and `line: [manager, ...]` the managers waiting after it, in arrival order.
+fn line_view(stored: &Document, now: SystemTime) -> Result<LineView, LockError> {
+    let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
+    let shared = stored
+        .get_document("shared")
+        .ok()
+        .and_then(|shared| shared.get("count"))
+        .and_then(as_integer)
+        .unwrap_or(0);
+    let locks = shared::shared_locks(stored);
+    let shared_until = shared::shared_until(&locks, now)?;
+    // Shared holds whose leases ended, still counted: an exclusive grant must drop them first.
+    let expired_shared =
+        shared > 0 && shared::live_entries(&locks, now)?.len() < locks.len().max(1);
+    let held_until = if let Some(until) = shared_until.filter(|_| shared > 0) {
+        // Shared holders: no exclusive grant until the last of them leaves.
+        Some(until)
+    } else if expired_shared {
+        None
+    } else if exclusive.get_bool("acquired") == Ok(true) {
+        // A hold without an expiry (square/mongo-lock's, taken with no TTL) lives until
+        // released.
+        match read_date(exclusive, "expiresAt")? {
+            Some(at) if at <= now => None,
+            Some(at) => Some(at),
+            None => Some(now + Duration::from_secs(365 * 24 * 60 * 60)),
+        }
+    } else {
+        None
+    };
+    let line = stored
+        .get_array("line")
+        .map(|line| {
+            line.iter()
+                .filter_map(|m| m.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(LineView {
+        held_until,
+        turn: stored.get_document("turn").ok().and_then(read_turn),
+        line,
+        fence: stored.get("fence").and_then(as_integer),
+        document: document_key(stored),
+        expired_shared,
+    })
 }
 
-impl LineView {
-    fn read(stored: &Document, now: SystemTime) -> Result<Self, LockError> {
-        let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
-        let shared = stored
-            .get_document("shared")
+/// The view of a document a request found, if it found one.
+fn read_found(stored: Option<Document>, now: SystemTime) -> Result<Option<LineView>, LockError> {
+    stored.map(|stored| line_view(&stored, now)).transpose()
+}
+
+/// A stored `turn` sub-document; `None` if it is nobody's.
+fn read_turn(turn: &Document) -> Option<Turn> {
+    let manager = turn.get_str("manager").ok().filter(|m| !m.is_empty())?;
+    let until = turn.get("until").and_then(as_integer)?;
+    Some(Turn {
+        manager: manager.to_owned(),
+        until: DateTime::from_millis(until).to_system_time(),
+        next: turn
+            .get_str("next")
             .ok()
-            .and_then(|shared| shared.get("count"))
-            .and_then(as_integer)
-            .unwrap_or(0);
-        let held_until = if shared > 0 {
-            // square/mongo-lock's shared holders: no exclusive grant until they leave, and
-            // their leases are theirs to keep; ask again at the next probe.
-            Some(now + TURN_LIFE)
-        } else if exclusive.get_bool("acquired") == Ok(true) {
-            // A hold without an expiry (square/mongo-lock's, taken with no TTL) lives until
-            // released.
-            match read_date(exclusive, "expiresAt")? {
-                Some(at) if at <= now => None,
-                Some(at) => Some(at),
-                None => Some(now + Duration::from_secs(365 * 24 * 60 * 60)),
-            }
-        } else {
-            None
-        };
-        let turn = stored.get_document("turn").ok().and_then(|turn| {
-            let manager = turn.get_str("manager").ok()?;
-            let until = turn.get("until").and_then(as_integer)?;
-            let until = DateTime::from_millis(until).to_system_time();
-            (!manager.is_empty() && until > now).then(|| (manager.to_owned(), until))
-        });
-        let line = stored
-            .get_array("line")
-            .map(|line| {
-                line.iter()
-                    .filter_map(|m| m.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(LineView {
-            held_until,
-            turn,
-            line,
-            fence: stored.get("fence").and_then(as_integer),
-            document: document_key(stored),
-        })
-    }
+            .filter(|next| !next.is_empty())
+            .map(str::to_owned),
+    })
+}
 
-    /// The view of a document a request found, if it found one.
-    fn read_found(stored: Option<Document>, now: SystemTime) -> Result<Option<Self>, LockError> {
-        stored.map(|stored| Self::read(&stored, now)).transpose()
+/// The `turn` sub-document, written whole (so a change event carries it whole).
+fn turn_written(turn: &Turn) -> Document {
+    doc! {
+        "manager": &turn.manager,
+        "until": millis(turn.until),
+        "next": turn.next.as_deref().unwrap_or_default(),
     }
+}
 
-    /// Whether `manager` may be granted the resource now: it is free and nobody else's turn is
-    /// live.
-    pub(crate) fn grantable_to(&self, manager: &str) -> bool {
-        self.held_until.is_none() && (self.turn.is_none() || self.is_turn_of(manager))
-    }
+/// Nobody's turn, as written: lapsed long ago.
+fn nobodys_turn_written() -> Document {
+    doc! { "manager": "", "until": 0_i64, "next": "" }
+}
 
-    /// The first in line while the turn is nobody's: the turn should be theirs.
-    pub(crate) fn unserved_first(&self) -> Option<&str> {
-        self.line
-            .first()
-            .filter(|_| self.turn.is_none())
-            .map(String::as_str)
-    }
-
-    /// Whether the live turn is `manager`'s.
-    pub(crate) fn is_turn_of(&self, manager: &str) -> bool {
-        self.turn.as_ref().is_some_and(|(m, _)| m == manager)
-    }
-
-    /// Whether `manager` has a place: the turn, or one in the line after it.
-    pub(crate) fn has_place_of(&self, manager: &str) -> bool {
-        self.is_turn_of(manager) || self.line.iter().any(|m| m == manager)
-    }
-
-    /// Whether `manager` is next to be granted: the turn is its own, or it is first in line.
-    pub(crate) fn is_next(&self, manager: &str) -> bool {
-        self.is_turn_of(manager) || self.line.first().is_some_and(|first| first == manager)
-    }
-
-    /// The first in line other than `manager`.
-    pub(crate) fn next_after(&self, manager: &str) -> Option<&str> {
-        self.line.iter().map(String::as_str).find(|m| *m != manager)
+/// A release that names `wakes`: the condition that the line still stands so, and the update
+/// that releases the hold and writes the turn whole: the named manager's turn renewed for
+/// [`TURN_LIFE`], or a turn that was nobody's given to the first in line (or left nobody's).
+fn release_naming(wakes: &Successor, now: SystemTime) -> (Document, Document) {
+    let next = wakes.next().map(str::to_owned);
+    match wakes {
+        Successor::Turn { manager, .. } => (
+            doc! { "turn.manager": manager },
+            doc! {
+                "$set": {
+                    "exclusive": released(),
+                    "turn": turn_written(&Turn { manager: manager.clone(), until: now + TURN_LIFE, next }),
+                },
+                "$pull": { "line": manager },
+            },
+        ),
+        Successor::Nobody {
+            first: Some(first), ..
+        } => (
+            doc! { "$and": [nobodys_turn(now), { "line.0": first }] },
+            doc! {
+                "$set": {
+                    "exclusive": released(),
+                    "turn": turn_written(&Turn { manager: first.clone(), until: now + TURN_LIFE, next }),
+                },
+                "$pull": { "line": first },
+            },
+        ),
+        Successor::Nobody { first: None, .. } => (
+            doc! { "$and": [nobodys_turn(now), { "line.0": { "$exists": false } }] },
+            doc! { "$set": { "exclusive": released(), "turn": nobodys_turn_written() } },
+        ),
     }
 }
 
@@ -887,17 +1050,13 @@ fn leaving(manager: &str, pass_to: Option<&str>) -> Vec<Bson> {
         .collect()
 }
 
-/// The `turn` sub-document: `to`'s turn for [`TURN_LIFE`], or nobody's.
-fn turn(to: Option<&str>, now: SystemTime) -> Document {
-    match to {
-        Some(manager) => doc! { "manager": manager, "until": millis(now + TURN_LIFE) },
-        None => doc! { "manager": "", "until": 0_i64 },
-    }
-}
-
-/// The `turn` sub-document of a manager that keeps its turn through a grant with lease `ttl`.
-fn kept_turn(manager: &str, now: SystemTime, ttl: Duration) -> Document {
-    doc! { "manager": manager, "until": millis(now + ttl.max(TURN_LIFE)) }
+/// The `turn` sub-document of `manager` until `until`, naming `next`.
+fn turn(manager: &str, until: SystemTime, next: Option<&str>) -> Document {
+    turn_written(&Turn {
+        manager: manager.to_owned(),
+        until,
+        next: next.map(str::to_owned),
+    })
 }
 
 fn read_fence(stored: &Document) -> Result<i64, LockError> {
@@ -935,16 +1094,6 @@ fn corrupt(e: mongodb::bson::document::ValueAccessError) -> LockError {
     }
 }
 
-/// The server error code of `e`, if the server answered with one.
-pub(crate) fn error_code(e: &mongodb::error::Error) -> Option<i32> {
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
-        _ => None,
-    }
-}
-
 /// A change stream of this collection's releases ([`MongoStore::watch_releases`]).
 pub(crate) struct ReleaseStream {
     stream: ChangeStream<ChangeStreamEvent<Document>>,
@@ -953,13 +1102,16 @@ pub(crate) struct ReleaseStream {
 
 /// What one event of a [`ReleaseStream`] says.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ReleaseEvent {
-    /// This resource was released (a replace, which carries the whole document).
-    Released(ResourceId),
-    /// The resource whose document has this `_id` ([`document_key`]) was released (an update
-    /// or a delete: the event names only the document, which saves the server a lookup per
-    /// event and per stream).
-    ReleasedDocument(String),
+pub(crate) enum StreamEvent {
+    /// About the line of the document with this `_id` ([`document_key`]): an update or a
+    /// delete names only the document, which saves the server a lookup per event and per
+    /// stream.
+    Document { document: String, event: LineEvent },
+    /// About this resource's line (a replace, which carries the whole document).
+    Resource {
+        resource: ResourceId,
+        event: LineEvent,
+    },
     /// Some resource may have been released, which one is unknown (a document that is not of
     /// this lock family's shape, or an event without a document key).
     Unknown,
@@ -969,32 +1121,51 @@ pub(crate) enum ReleaseEvent {
 }
 
 impl ReleaseStream {
-    /// Waits for the next release. Errors are the stream's; the driver has already tried to
+    /// Waits for the next event. Errors are the stream's; the driver has already tried to
     /// resume it once when it answers one.
-    pub(crate) async fn next(&mut self) -> Result<ReleaseEvent, LockError> {
+    pub(crate) async fn next(&mut self) -> Result<StreamEvent, LockError> {
         use futures::StreamExt;
         let Some(event) = self.stream.next().await else {
-            return Ok(ReleaseEvent::Invalidated);
+            return Ok(StreamEvent::Invalidated);
         };
-        let event = event?;
+        let event = event.db()?;
         Ok(match event.operation_type {
             OperationType::Invalidate
             | OperationType::Drop
             | OperationType::Rename
-            | OperationType::DropDatabase => ReleaseEvent::Invalidated,
-            _ => match event.full_document.as_ref() {
-                Some(stored) => stored
-                    .get_str("resource")
-                    .ok()
-                    .and_then(|name| name.strip_prefix(&self.prefix))
-                    .and_then(|id| ResourceId::new(id).ok())
-                    .map_or(ReleaseEvent::Unknown, ReleaseEvent::Released),
-                None => event
-                    .document_key
+            | OperationType::DropDatabase => StreamEvent::Invalidated,
+            OperationType::Replace => event
+                .full_document
+                .as_ref()
+                .and_then(|stored| stored.get_str("resource").ok())
+                .and_then(|name| name.strip_prefix(&self.prefix))
+                .and_then(|id| ResourceId::new(id).ok())
+                .map_or(StreamEvent::Unknown, |resource| StreamEvent::Resource {
+                    resource,
+                    event: LineEvent::Released,
+                }),
+            _ => {
+                let line_event = event
+                    .update_description
                     .as_ref()
-                    .and_then(document_key)
-                    .map_or(ReleaseEvent::Unknown, ReleaseEvent::ReleasedDocument),
-            },
+                    .and_then(|update| update.updated_fields.get_document("turn").ok())
+                    .map_or(LineEvent::Released, |turn| LineEvent::Turn {
+                        turn: read_turn(turn),
+                        released: event.update_description.as_ref().is_some_and(|update| {
+                            update
+                                .updated_fields
+                                .get_document("exclusive")
+                                .is_ok_and(|exclusive| exclusive.get_bool("acquired") == Ok(false))
+                        }),
+                    });
+                event.document_key.as_ref().and_then(document_key).map_or(
+                    StreamEvent::Unknown,
+                    |document| StreamEvent::Document {
+                        document,
+                        event: line_event,
+                    },
+                )
+            }
         })
     }
 
@@ -1007,9 +1178,9 @@ impl ReleaseStream {
 /// Whether `e` says the server cannot open change streams at all.
 pub(crate) fn is_unsupported_stream(e: &LockError) -> bool {
     match e {
-        LockError::Database(e) => {
-            error_code(e).is_some_and(|code| NO_CHANGE_STREAMS.contains(&code))
-        }
+        LockError::Database(e) => e
+            .code()
+            .is_some_and(|code| NO_CHANGE_STREAMS.contains(&code)),
         _ => false,
     }
 }

@@ -30,8 +30,6 @@ use support::poll::eventually;
 use support::server::{manager, unique_name, uri};
 use tokio::sync::mpsc;
 
-const CONTENDER: &str = env!("CARGO_BIN_EXE_lock-contender");
-
 /// Held by the test that runs: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -57,7 +55,7 @@ fn run_all(contenders: &[(Contender, Vec<(&str, &str)>)]) -> Vec<ContenderRun> {
     let readers: Vec<_> = contenders
         .iter()
         .map(|(contender, more)| {
-            let child = contender.spawn_with(CONTENDER, &uri, more);
+            let child = contender.spawn_with(&uri, more);
             std::thread::spawn(move || child.wait_with_output())
         })
         .collect();
@@ -312,12 +310,12 @@ fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
             .expect("the holder's manager answers")
             .expect("the resource is free");
 
-        let mut b = waiter("b").spawn_with(CONTENDER, &uri(), &more);
+        let mut b = waiter("b").spawn_with(&uri(), &more);
         let mut b_lines = lines_of(&mut b);
         line_starting(&mut b_lines, "ASK", Duration::from_secs(20), "B's Acquire").await;
         // Long enough for B's first attempt to be refused and B to wait in line.
         actix_rt::time::sleep(Duration::from_secs(1)).await;
-        let mut c = waiter("c").spawn_with(CONTENDER, &uri(), &more);
+        let mut c = waiter("c").spawn_with(&uri(), &more);
         let mut c_lines = lines_of(&mut c);
         line_starting(&mut c_lines, "ASK", Duration::from_secs(20), "C's Acquire").await;
         actix_rt::time::sleep(Duration::from_secs(1)).await;
@@ -394,7 +392,7 @@ fn a_holder_killed_while_keeping_the_turn_holds_up_the_line_no_longer_than_its_l
             .await
             .expect("the waiter's manager answers")
             .expect("r0 is free");
-        let mut k = keeper.spawn_with(CONTENDER, &uri(), &more);
+        let mut k = keeper.spawn_with(&uri(), &more);
         let mut k_lines = lines_of(&mut k);
         for _ in 0..2 {
             line_starting(&mut k_lines, "ASK", Duration::from_secs(20), "K's Acquires").await;

@@ -7,40 +7,18 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use actix_mongo_lock::{
-    Acquire, KeepAlive, LeaseLost, ListHolds, LocalClock, Lock, LockError, LockGuard, LockManager,
-    LostReason, Renew, Status, Unlock, UnlockOutcome,
+    Acquire, KeepAlive, ListHolds, LocalClock, Lock, LockError, LockGuard, LockManager, LostReason,
+    Renew, Status, Unlock, UnlockOutcome,
 };
 use mongodb::bson::doc;
 use support::history::History;
+use support::losses::LossCollector;
 use support::proxy::FaultProxy;
 use support::server::{client_for, collection, fast_config, manager, stored, take_turns};
-
-/// Collects the `LeaseLost` messages a holder is sent, with when they arrived.
-#[derive(Clone, Default)]
-struct LossCollector(Arc<Mutex<Vec<(Instant, LeaseLost)>>>);
-
-impl Actor for LossCollector {
-    type Context = Context<Self>;
-}
-
-impl Handler<LeaseLost> for LossCollector {
-    type Result = ();
-
-    fn handle(&mut self, lost: LeaseLost, _: &mut Context<Self>) {
-        self.0.lock().unwrap().push((Instant::now(), lost));
-    }
-}
-
-impl LossCollector {
-    fn losses(&self) -> Vec<(Instant, LeaseLost)> {
-        self.0.lock().unwrap().clone()
-    }
-}
 
 #[actix_rt::test]
 async fn renew_extends_the_lease() {

@@ -28,7 +28,7 @@ async fn lock_then_lock_again_is_refused() {
     let again = locks.send(Lock::new("printer")).await.unwrap();
 
     assert!(
-        matches!(&again, Err(LockError::AlreadyLocked { resource_id }) if resource_id == "printer"),
+        matches!(&again, Err(LockError::AlreadyLocked { resource_id, .. }) if resource_id == "printer"),
         "second Lock answered {again:?}"
     );
     let document = stored(&config, "printer")
@@ -199,6 +199,58 @@ async fn the_purger_clears_expired_holds_and_leaves_live_ones() {
         stored_lock_id(&fresh).as_deref(),
         Some(live.lock_id.as_str())
     );
+}
+
+/// What a start and each purge send, as the driver's command monitoring sees it: the start asks
+/// `buildInfo`, creates the three indexes (one `createIndexes` each) and reads the clock
+/// (`hello`); a purge, idle otherwise, sends the same three `createIndexes` (no-ops once the
+/// indexes exist), `hello`, one `update` (exclusive holds) and one `find` (documents with shared
+/// holds, none here), six commands.
+#[actix_rt::test]
+async fn a_start_and_each_purge_send_exactly_their_commands() {
+    use std::sync::{Arc, Mutex};
+
+    use mongodb::event::command::CommandEvent;
+    use mongodb::event::EventHandler;
+    use mongodb::options::ClientOptions;
+
+    let sent: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&sent);
+    let mut options = ClientOptions::parse(support::server::uri()).await.unwrap();
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    options.command_event_handler = Some(EventHandler::callback(move |event| {
+        if let CommandEvent::Started(started) = event {
+            seen.lock().unwrap().push(started.command_name.clone());
+        }
+    }));
+    let client = mongodb::Client::with_options(options).unwrap();
+    let period = Duration::from_secs(1);
+    let config = fast_config("purge_commands").purger_period(period);
+    let locks = LockManager::with_client(client, config).await.unwrap();
+    // The purge at start, then one per period: three purges by two and a half periods.
+    actix_rt::time::sleep(period * 2 + period / 2).await;
+    locks.send(Close).await.unwrap();
+
+    let sent = sent.lock().unwrap().clone();
+    let purge = [
+        "createIndexes",
+        "createIndexes",
+        "createIndexes",
+        "hello",
+        "update",
+        "find",
+    ];
+    let mut expected = vec![
+        "buildInfo",
+        "createIndexes",
+        "createIndexes",
+        "createIndexes",
+        "hello",
+    ];
+    for _ in 0..3 {
+        expected.extend(purge);
+    }
+    assert_eq!(sent, expected, "a start and three purges sent {sent:?}");
 }
 
 #[actix_rt::test]

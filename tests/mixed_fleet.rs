@@ -30,7 +30,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use support::contender::{Contender, ContenderRun};
 use support::history::History;
-use support::server::{manager, snapshot, stored, unique_name, uri};
+use support::server::{manager, snapshot, stored, stored_shared, unique_name, unlocked, uri};
 
 /// dplock's TTL: a constant 30 s, written by the Go client from its own clock.
 const DPLOCK_TTL: Duration = Duration::from_secs(30);
@@ -190,6 +190,12 @@ impl GoPeer {
     /// dplock's `Acquire`: polls every 250 ms, 10 times.
     async fn acquire(&mut self, resource: &str) -> GoLock {
         self.take("acquire", resource).await
+    }
+
+    /// square/mongo-lock's `SLock` under dplock: a shared hold of dplock's TTL, one of at most
+    /// `limit` (negative: no limit).
+    async fn slock(&mut self, resource: &str, limit: i32) -> GoLock {
+        self.take("slock", &format!("{resource} {limit}")).await
     }
 
     /// dplock's `Unlock`; returns the Go clock before and after it.
@@ -368,7 +374,7 @@ async fn two_go_and_two_rust_processes_never_hold_a_resource_at_once() {
             ttl_ms: DPLOCK_TTL.as_millis() as u64,
             hold_ms: 5,
         };
-        rust_children.push(contender.spawn(env!("CARGO_BIN_EXE_lock-contender"), &uri()));
+        rust_children.push(contender.spawn(&uri()));
     }
 
     let wait = |child: std::process::Child| {
@@ -975,5 +981,93 @@ async fn rust_manager_starts_on_a_lock_family_whose_indexes_dplock_created() {
         .await
         .unwrap()
         .unwrap();
+    go.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared holds of both sides
+// ---------------------------------------------------------------------------------------------
+
+/// square/mongo-lock's `SLock` holders and this crate's shared holders share one document:
+/// each side's shared hold stands beside the other's, each side's exclusive request is refused
+/// while either side's shared hold is live (and each side's shared request while either side's
+/// exclusive hold is), and a limit of holders counts both sides' holds.
+#[actix_rt::test]
+async fn go_and_rust_shared_holders_share_one_document_and_keep_writers_out() {
+    assert_fair_server();
+    let config = shared_config("shared_mix");
+    let locks = manager(&config).await;
+    let mut go = GoPeer::start(&config.name, None).await;
+
+    let (go_reader, _, _) = go.slock("doc", -1).await.locked();
+    let rust_reader = locks
+        .send(Lock::shared("doc"))
+        .await
+        .unwrap()
+        .expect("a Rust shared hold beside a Go one");
+    let document = stored(&config, "doc").await.expect("stored");
+    let mut both = vec![go_reader.clone(), rust_reader.lock_id.to_string()];
+    both.sort();
+    assert_eq!(stored_shared(&document), (both, 2));
+    let status = rust_status(&locks, "doc").await.expect("held");
+    assert!(status.shared && status.shared_holders == 2, "{status:?}");
+    assert!(matches!(
+        rust_lock(&locks, "doc").await,
+        Err(LockError::AlreadyLocked { .. })
+    ));
+    assert!(matches!(go.lock("doc").await, GoLock::Refused));
+
+    go.unlock(&go_reader).await;
+    let document = stored(&config, "doc").await.expect("stored");
+    assert_eq!(
+        stored_shared(&document),
+        (vec![rust_reader.lock_id.to_string()], 1)
+    );
+    assert!(matches!(go.lock("doc").await, GoLock::Refused));
+    assert_eq!(
+        locks
+            .send(Unlock::new(rust_reader.lock_id))
+            .await
+            .unwrap()
+            .unwrap(),
+        UnlockOutcome::Released
+    );
+
+    let (go_writer, _, _) = go.lock("doc").await.locked();
+    let refused = locks.send(Lock::shared("doc")).await.unwrap();
+    assert!(
+        matches!(refused, Err(LockError::AlreadyLocked { .. })),
+        "a Rust shared Lock beside a Go exclusive hold answered {refused:?}"
+    );
+    go.unlock(&go_writer).await;
+    let writer = rust_lock(&locks, "doc").await.expect("free again");
+    assert!(matches!(go.slock("doc", -1).await, GoLock::Refused));
+    unlocked(&locks, Unlock::new(writer.lock_id)).await;
+
+    // One limit of two holders, counted over both sides.
+    let (go_permit, _, _) = go.slock("pool", 2).await.locked();
+    let rust_permit = locks
+        .send(Lock::shared("pool").max_holders(2))
+        .await
+        .unwrap()
+        .expect("the second of two permits");
+    assert!(matches!(go.slock("pool", 2).await, GoLock::Refused));
+    let full = locks
+        .send(Lock::shared("pool").max_holders(2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(full, Err(LockError::AlreadyLocked { .. })),
+        "{full:?}"
+    );
+    go.unlock(&go_permit).await;
+    let again = locks
+        .send(Lock::shared("pool").max_holders(2))
+        .await
+        .unwrap()
+        .expect("the permit Go returned");
+    assert!(again.fence > rust_permit.fence);
+    let document = stored(&config, "pool").await.expect("stored");
+    assert_eq!(stored_shared(&document).1, 2);
     go.close().await;
 }

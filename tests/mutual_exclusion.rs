@@ -49,7 +49,7 @@ async fn two_managers_in_one_process_never_both_hold_a_resource() {
 #[actix_rt::test]
 async fn two_processes_never_both_hold_a_resource() {
     let name = support::server::unique_name("two_processes");
-    let contender = env!("CARGO_BIN_EXE_lock-contender");
+    let contender = &support::contender::binary();
     let children: Vec<_> = ["p1", "p2"]
         .iter()
         .map(|process| {

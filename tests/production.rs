@@ -255,23 +255,35 @@ async fn acquire_max_retries_reports_the_configured_maximum() {
     let local = here.send(Lock::new("mine")).await.unwrap().unwrap();
     for resource in ["held", "mine"] {
         match here.send(Acquire::new(resource)).await.unwrap() {
-            Err(LockError::AcquireMaxRetries {
-                max_retries,
-                waited,
-                ..
-            }) => {
+            Err(
+                e @ LockError::AcquireMaxRetries {
+                    max_retries,
+                    budget,
+                    attempts,
+                    waited,
+                    ..
+                },
+            ) => {
                 assert_eq!(max_retries, 7, "{resource}");
+                // The budget it stands for under adaptive waiting: 7 x 30 ms.
+                assert_eq!(budget, Duration::from_millis(210), "{resource}");
                 assert!(
                     waited >= Duration::from_millis(200),
                     "{resource}: {waited:?}"
                 );
-                let message = LockError::AcquireMaxRetries {
-                    resource_id: resource.to_owned(),
-                    max_retries,
-                    waited,
+                // Held elsewhere, the wait tries at the database; held here, a hand-off
+                // within the process needs no try (the lease is 30 s away).
+                if resource == "held" {
+                    assert!(attempts >= 1, "{resource}: {attempts} attempts");
+                } else {
+                    assert_eq!(attempts, 0, "{resource}: {attempts} attempts");
                 }
-                .to_string();
-                assert!(message.contains("(7)"), "{message}");
+                let message = e.to_string();
+                assert!(message.contains("210ms (7 retries"), "{message}");
+                assert!(
+                    message.contains(&format!("after {attempts} attempts")),
+                    "{message}"
+                );
             }
             other => panic!("{resource}: {other:?}"),
         }
@@ -350,10 +362,7 @@ async fn an_acquire_whose_caller_left_never_leaves_a_hold_behind_under_load() {
                 ttl_ms: 2000,
                 hold_ms: 1,
             }
-            .spawn(
-                env!("CARGO_BIN_EXE_lock-contender"),
-                &support::server::uri(),
-            )
+            .spawn(&support::server::uri())
         })
         .collect();
 
@@ -411,6 +420,16 @@ async fn grants_and_holds_serialise_without_the_lock_id() {
         !json.to_string().contains(grant.lock_id.as_str()),
         "the lock id leaked: {json}"
     );
+    // Times as RFC 3339 strings in UTC with milliseconds, the ones the grant carries.
+    let time = |key: &str| {
+        instant(
+            json[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{key}: {json}")),
+        )
+    };
+    assert_eq!(time("granted_at"), to_ms(grant.granted_at), "{json}");
+    assert_eq!(time("expires_at"), to_ms(grant.expires_at), "{json}");
     let status = locks
         .send(Status::new("report-7"))
         .await
@@ -419,5 +438,102 @@ async fn grants_and_holds_serialise_without_the_lock_id() {
         .expect("held");
     let json = serde_json::to_value(&status).expect("a hold serialises");
     assert_eq!(json["live"], true);
+    let time = |key: &str| {
+        instant(
+            json[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{key}: {json}")),
+        )
+    };
+    assert_eq!(time("expires_at"), to_ms(grant.expires_at), "{json}");
+    assert_eq!(time("created_at"), to_ms(grant.granted_at), "{json}");
+    assert_eq!(json["renewed_at"], serde_json::Value::Null, "{json}");
     assert!(!json.to_string().contains(grant.lock_id.as_str()), "{json}");
+}
+
+/// The instant an RFC 3339 time in UTC with three digits of milliseconds
+/// (`2026-12-02T16:49:16.123Z`) names, read back field by field (days from the civil date by
+/// counting years and months), so the test does not reuse the crate's formatter; panics on
+/// any other shape.
+fn instant(text: &str) -> SystemTime {
+    let b = text.as_bytes();
+    assert!(
+        b.len() == 24
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && b[19] == b'.'
+            && b[23] == b'Z',
+        "not RFC 3339 with milliseconds in UTC: {text}"
+    );
+    let field = |from: usize, to: usize| -> u64 { text[from..to].parse().expect(text) };
+    let (year, month, day) = (field(0, 4), field(5, 7), field(8, 10));
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+    let mut days: u64 = (1970..year).map(|y| if leap(y) { 366 } else { 365 }).sum();
+    let lengths = [
+        31,
+        28 + u64::from(leap(year)),
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    days += lengths[..(month - 1) as usize].iter().sum::<u64>() + day - 1;
+    let ms = ((days * 24 + field(11, 13)) * 60 + field(14, 16)) * 60_000
+        + field(17, 19) * 1000
+        + field(20, 23);
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// `t` to the millisecond, as the database stores it.
+fn to_ms(t: SystemTime) -> SystemTime {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
+}
+
+/// The published crate installs no binaries: `lock-contender` is a test tool, built as an
+/// example (`cargo install` installs only bin targets). Read from `cargo metadata`.
+#[test]
+fn the_crate_publishes_no_binaries() {
+    let output = std::process::Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .output()
+        .expect("cargo metadata runs");
+    assert!(output.status.success(), "{output:?}");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata answers JSON");
+    let targets = metadata["packages"][0]["targets"]
+        .as_array()
+        .expect("the package's targets");
+    let kinds = |target: &serde_json::Value| target["kind"].to_string();
+    let bins: Vec<_> = targets
+        .iter()
+        .filter(|t| kinds(t).contains("\"bin\""))
+        .map(|t| t["name"].clone())
+        .collect();
+    assert!(bins.is_empty(), "binaries a user would install: {bins:?}");
+    assert!(
+        targets
+            .iter()
+            .any(|t| t["name"] == "lock-contender" && kinds(t).contains("\"example\"")),
+        "lock-contender is still built for the tests, as an example"
+    );
 }

@@ -37,8 +37,8 @@ use actix_mongo_lock::{
 };
 use mongodb::bson::{doc, Bson, DateTime};
 use support::failpoint::{
-    arm, arm_always, assert_secantus, off, recorded_client, server_code, step_down, Commands,
-    Ended, Fault, SERIAL,
+    arm, arm_always, assert_secantus, off, recorded_client, step_down, Commands, Ended, Fault,
+    SERIAL,
 };
 use support::proxy::{upstream_from_env, FaultProxy};
 use support::server::{collection, stored, unique_name, uri};
@@ -380,7 +380,7 @@ where
 /// A caller's error, for the table: the variant, and the server's code for a database error.
 fn describe(e: &LockError) -> String {
     match e {
-        LockError::Database(e) => match server_code(e) {
+        LockError::Database(e) => match e.code() {
             Some(code) => format!("Database({code})"),
             None => "Database(network)".to_owned(),
         },

@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::{Error, ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
@@ -284,7 +284,7 @@ fn grant_update_of(manager: &str, lock_id: &str, now: DateTime, ttl_ms: i64) -> 
         "$set": {
             "exclusive": held(lock_id, now, ttl_ms),
             "shared": { "count": 0, "locks": [] },
-            "turn": { "manager": "", "until": 0_i64 },
+            "turn": { "manager": "", "until": 0_i64, "next": "" },
         },
         "$inc": { "fence": 1_i64 },
         "$pull": { "line": { "$in": [manager] } },
@@ -344,6 +344,30 @@ fn release_update() -> Document {
     doc! { "$set": { "exclusive": released() } }
 }
 
+/// The store's release of a hold granted here while nobody waits: on the condition that the
+/// turn is still nobody's and the line empty (as the grant left them), it writes the turn whole
+/// with the release, so its change event names nobody and no waiting manager's stream sees it.
+fn release_naming_nobody_filter(resource: &str, lock_id: &str, now_ms: i64) -> Document {
+    doc! {
+        "resource": resource,
+        "exclusive.lockId": lock_id,
+        "$and": [{ "$and": [
+            { "$or": [
+                { "turn": { "$exists": false } },
+                { "turn.until": { "$lt": now_ms } },
+            ] },
+            { "line.0": { "$exists": false } },
+        ] }],
+    }
+}
+
+fn release_naming_nobody_update() -> Document {
+    doc! { "$set": {
+        "exclusive": released(),
+        "turn": { "manager": "", "until": 0_i64, "next": "" },
+    } }
+}
+
 fn purge_filter(now: DateTime) -> Document {
     doc! { "exclusive.acquired": true, "exclusive.expiresAt": { "$lt": now } }
 }
@@ -366,8 +390,9 @@ async fn purge(locks: &Collection<Document>, now: DateTime) -> UpdateResult {
 
 /// Renew's filter: the live hold with this lock id (a strict `$gt`, so an expired hold is never
 /// revived).
-fn renew_filter(lock_id: &str, now: DateTime) -> Document {
+fn renew_filter(resource: &str, lock_id: &str, now: DateTime) -> Document {
     doc! {
+        "resource": resource,
         "exclusive.lockId": lock_id,
         "exclusive.acquired": true,
         "exclusive.expiresAt": { "$gt": now },
@@ -382,9 +407,10 @@ fn renew_update(lock_id: &str, created_at: DateTime, now: DateTime, ttl_ms: i64)
     doc! { "$set": { "exclusive": exclusive } }
 }
 
-/// Renew: extend a live hold, identified by its lock id, to `now + ttl_ms`.
+/// Renew: extend a live hold, identified by its resource and lock id, to `now + ttl_ms`.
 async fn renew(
     locks: &Collection<Document>,
+    resource: &str,
     lock_id: &str,
     created_at: DateTime,
     now: DateTime,
@@ -392,7 +418,7 @@ async fn renew(
 ) -> Option<Document> {
     locks
         .find_one_and_update(
-            renew_filter(lock_id, now),
+            renew_filter(resource, lock_id, now),
             renew_update(lock_id, created_at, now, ttl_ms),
         )
         .return_document(ReturnDocument::After)
@@ -743,7 +769,7 @@ async fn renew_extends_a_live_hold() {
     let granted = grant_ok(&f.locks, &r, &id, created, TTL_MS).await;
     let now = DateTime::now();
 
-    let renewed = renew(&f.locks, &id, created, now, TTL_MS)
+    let renewed = renew(&f.locks, &r, &id, created, now, TTL_MS)
         .await
         .expect("a live hold is renewed");
 
@@ -770,7 +796,7 @@ async fn renew_matches_nothing_on_an_expired_hold() {
     grant_ok(&f.locks, &r, &id, created, TTL_MS).await;
     let before = f.doc(&r).await;
 
-    let renewed = renew(&f.locks, &id, created, now, TTL_MS).await;
+    let renewed = renew(&f.locks, &r, &id, created, now, TTL_MS).await;
 
     assert_eq!(renewed, None, "an expired hold cannot be renewed");
     assert_eq!(f.doc(&r).await, before, "and is left as it was");
@@ -885,7 +911,7 @@ async fn probe(route: Route, op: &str, now: DateTime) -> BTreeSet<i64> {
                         Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => false,
                         Err(e) => panic!("grant of {r} failed: {e}"),
                     },
-                    "$gt" => renew(&f.locks, id, *granted_at, now, TTL_MS)
+                    "$gt" => renew(&f.locks, r, id, *granted_at, now, TTL_MS)
                         .await
                         .is_some(),
                     _ => unreachable!("the store compares dates with $lt and $gt only"),
@@ -1480,7 +1506,7 @@ async fn the_store_sends_exactly_the_operations_pinned_here() {
         .get_document("exclusive.expiresAt")
         .and_then(|gt| gt.get_datetime("$gt"))
         .unwrap_or_else(|_| panic!("the renewal's query has no live branch: {query}"));
-    assert_eq!(query, &renew_filter(lock_id, renewed_at));
+    assert_eq!(query, &renew_filter(&resource, lock_id, renewed_at));
     assert_eq!(
         renewing
             .get_document("update")
@@ -1497,8 +1523,30 @@ async fn the_store_sends_exactly_the_operations_pinned_here() {
         .iter()
         .find(|u| u.get_bool("multi") != Ok(true))
         .unwrap_or_else(|| panic!("no release among {updates:?}"));
-    assert_eq!(release.get_document("q"), Ok(&release_filter(lock_id)));
-    assert_eq!(release.get_document("u"), Ok(&release_update()));
+    let released_at = release
+        .get_document("q")
+        .ok()
+        .and_then(|q| q.get_array("$and").ok())
+        .and_then(|and| and[0].as_document())
+        .and_then(|inner| inner.get_array("$and").ok())
+        .and_then(|inner| inner[0].as_document())
+        .and_then(|nobodys| nobodys.get_array("$or").ok())
+        .and_then(|branches| branches[1].as_document())
+        .and_then(|lapsed| lapsed.get_document("turn.until").ok())
+        .and_then(|lt| lt.get_i64("$lt").ok())
+        .unwrap_or_else(|| panic!("the release's filter has no turn condition: {release}"));
+    assert_eq!(
+        release.get_document("q"),
+        Ok(&release_naming_nobody_filter(
+            &resource,
+            lock_id,
+            released_at
+        ))
+    );
+    assert_eq!(
+        release.get_document("u"),
+        Ok(&release_naming_nobody_update())
+    );
     let purge = updates
         .iter()
         .find(|u| u.get_bool("multi") == Ok(true))
@@ -1583,4 +1631,361 @@ async fn a_grant_refused_while_a_release_lands_never_holds_the_resource() {
          ({granted} granted)"
     );
     f.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. The change stream of a waiting manager
+// ---------------------------------------------------------------------------------------------
+
+/// The filter of a waiting manager's stream, as the store sends it for manager `me`: the turn
+/// written whole naming it (as the turn's holder or its `next`) by a write that is no grant, a
+/// release that writes no turn, and the events that end a stream.
+fn stream_filter_of(me: &str) -> Vec<Document> {
+    let no_grant = doc! { "$ne": true };
+    vec![doc! { "$match": { "$or": [
+        {
+            "operationType": "update",
+            "updateDescription.updatedFields.turn.manager": me,
+            "updateDescription.updatedFields.exclusive.acquired": no_grant.clone(),
+        },
+        {
+            "operationType": "update",
+            "updateDescription.updatedFields.turn.next": me,
+            "updateDescription.updatedFields.exclusive.acquired": no_grant,
+        },
+        {
+            "operationType": "update",
+            "updateDescription.updatedFields.exclusive.acquired": false,
+            "updateDescription.updatedFields.turn": { "$exists": false },
+        },
+        { "operationType": "replace", "fullDocument.exclusive.acquired": { "$ne": true } },
+        { "operationType": { "$in": ["delete", "drop", "rename", "dropDatabase", "invalidate"] } },
+    ] } }]
+}
+
+/// On nx-27017 the store opens no stream: `hello` names no replica set. A stream it accepts
+/// anyway carries no `updateDescription`, so the filter would see none of the writes that name
+/// a manager (deviation 9).
+async fn assert_no_change_streams(f: Fixture) {
+    let hello = connect()
+        .await
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .await
+        .expect("hello");
+    assert!(
+        hello.get_str("setName").is_err(),
+        "nx-27017 names a replica set: {hello}"
+    );
+    f.locks
+        .insert_one(doc! { "resource": "r", "exclusive": { "acquired": true } })
+        .await
+        .expect("insert");
+    let opened = f
+        .locks
+        .watch()
+        .pipeline(stream_filter_of("me"))
+        .max_await_time(Duration::from_millis(300))
+        .await;
+    if let Ok(mut stream) = opened {
+        let release = doc! { "$set": {
+            "exclusive": released(),
+            "turn": { "manager": "me", "until": 1_i64, "next": "" },
+        } };
+        f.locks
+            .update_one(doc! { "resource": "r" }, release)
+            .await
+            .expect("update");
+        for _ in 0..3 {
+            let event = stream.next_if_any().await;
+            assert!(
+                !matches!(event, Ok(Some(_))),
+                "nx-27017's stream passed an update through the filter: {event:?}"
+            );
+        }
+    }
+    f.cleanup().await;
+}
+
+/// What a waiting manager's stream sees, write by write: the whole `turn` written with a
+/// release or without a grant reaches the manager it names (as holder or as `next`); a grant,
+/// a turn naming another manager, a dotted renewal and a write of nothing new do not; a release
+/// that writes no turn (Go's unlock, a purge) does.
+#[actix_rt::test]
+async fn a_waiting_managers_stream_sees_only_the_writes_that_name_it() {
+    let f = Fixture::with_store_indexes().await;
+    if expect() == Expect::Nx {
+        return assert_no_change_streams(f).await;
+    }
+    let r = resource("stream");
+    let turn = |manager: &str, until: i64, next: &str| {
+        doc! { "manager": manager, "until": until, "next": next }
+    };
+    let held = || doc! { "lockId": "l", "acquired": true };
+    f.locks
+        .insert_one(doc! { "resource": &r, "exclusive": held(), "turn": turn("x", 1, "") })
+        .await
+        .expect("insert");
+    let mut stream = f
+        .locks
+        .watch()
+        .pipeline(stream_filter_of("me"))
+        .max_await_time(Duration::from_millis(300))
+        .await
+        .expect("open the stream");
+    let writes: Vec<(&str, Document, bool)> = vec![
+        (
+            "a release naming me",
+            doc! { "$set": { "exclusive": released(), "turn": turn("me", 2, "b") } },
+            true,
+        ),
+        (
+            "a grant passing me the turn",
+            doc! { "$set": { "exclusive": held(), "turn": turn("me", 3, "b") } },
+            false,
+        ),
+        (
+            "a release naming me as next",
+            doc! { "$set": { "exclusive": released(), "turn": turn("b", 4, "me") } },
+            true,
+        ),
+        (
+            "a renewal by a dotted $set",
+            doc! { "$set": { "turn.until": 5_i64 } },
+            false,
+        ),
+        (
+            "a join taking the turn",
+            doc! { "$set": { "turn": turn("me", 6, "") } },
+            true,
+        ),
+        (
+            "the same turn written again",
+            doc! { "$set": { "turn": turn("me", 6, "") } },
+            false,
+        ),
+        (
+            "a grant",
+            doc! { "$set": { "exclusive": held(), "turn": turn("c", 7, "d") } },
+            false,
+        ),
+        (
+            "a release naming another",
+            doc! { "$set": { "exclusive": released(), "turn": turn("c", 8, "d") } },
+            false,
+        ),
+        (
+            "a hold written back",
+            doc! { "$set": { "exclusive": held() } },
+            false,
+        ),
+        (
+            "a release writing no turn",
+            doc! { "$set": { "exclusive": released() } },
+            true,
+        ),
+    ];
+    // Each write that must be seen is waited for, and must be the next event: so none of the
+    // writes before it was seen (each names its own `until`).
+    for (what, update, seen) in writes {
+        let until = update
+            .get_document("$set")
+            .ok()
+            .and_then(|set| set.get_document("turn").ok())
+            .and_then(|turn| turn.get_i64("until").ok());
+        f.locks
+            .update_one(doc! { "resource": &r }, update)
+            .await
+            .expect("update");
+        if !seen {
+            continue;
+        }
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not seen within 5 s"))
+            .expect("the stream goes on")
+            .expect("an event");
+        let fields = event
+            .update_description
+            .map(|update| update.updated_fields)
+            .unwrap_or_default();
+        let seen_until = fields
+            .get_document("turn")
+            .ok()
+            .and_then(|turn| turn.get_i64("until").ok());
+        assert_eq!(
+            seen_until, until,
+            "{what}: the next event seen was another write's: {fields}"
+        );
+    }
+    let last = stream.next_if_any().await.expect("the stream answers");
+    assert!(
+        last.is_none(),
+        "a write after the last one was seen: {last:?}"
+    );
+    f.cleanup().await;
+}
+
+/// A change stream's getMore with nothing to return waits until an event passes its filter or
+/// `maxAwaitTimeMS` runs out, however many other writes land meanwhile, as MongoDB does.
+/// SecantusDB 0.7.0b3 answered after the first write of any kind (an empty batch), so every
+/// write cost a request of every open stream; `scripts/patch-secantus.py` corrects the installed
+/// copy, and this test fails on an unpatched one.
+#[actix_rt::test]
+async fn a_streams_get_more_waits_out_its_await_while_writes_it_does_not_match_land() {
+    use mongodb::event::command::CommandEvent;
+    use mongodb::event::EventHandler;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let f = Fixture::bare().await;
+    if expect() == Expect::Nx {
+        return assert_no_change_streams(f).await;
+    }
+    let get_mores = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&get_mores);
+    let uri = std::env::var("MONGODB_URI").expect("MONGODB_URI is set");
+    let mut options = ClientOptions::parse(&uri)
+        .await
+        .expect("MONGODB_URI parses");
+    options.command_event_handler = Some(EventHandler::callback(move |event| {
+        if let CommandEvent::Started(started) = event {
+            if started.command_name == "getMore" {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }));
+    let watching = Client::with_options(options).expect("client options are valid");
+    let watched = watching
+        .database(DATABASE)
+        .collection::<Document>(f.locks.name());
+    f.locks
+        .insert_one(doc! { "resource": "r", "n": 0 })
+        .await
+        .expect("insert");
+    let mut stream = watched
+        .watch()
+        .pipeline(stream_filter_of("nobody-writes-me"))
+        .max_await_time(Duration::from_secs(2))
+        .await
+        .expect("open the stream");
+    let writer = {
+        let locks = f.locks.clone();
+        actix_rt::spawn(async move {
+            for n in 0..60 {
+                locks
+                    .update_one(doc! { "resource": "r" }, doc! { "$set": { "n": n } })
+                    .await
+                    .expect("update");
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let event = stream.next_if_any().await.expect("the stream answers");
+        assert!(
+            event.is_none(),
+            "an update of `n` passed the filter: {event:?}"
+        );
+    }
+    writer.await.expect("the writer");
+    let sent = get_mores.load(Ordering::Relaxed);
+    // 60 writes in 3 s: one getMore per 2 s await, not one per write.
+    assert!(
+        (2..=5).contains(&sent),
+        "{sent} getMores in 5 s of a 2 s await while 60 writes landed"
+    );
+    f.cleanup().await;
+}
+
+/// The stream a waiting manager opens has exactly the filter pinned in `stream_filter_of`
+/// (captured by the driver's command monitoring), so the copy above cannot drift from the store;
+/// on nx-27017 it opens none.
+#[actix_rt::test]
+async fn a_waiting_manager_opens_the_stream_pinned_here() {
+    use actix_mongo_lock::{Acquire, Lock, LockConfig, LockManager};
+    use mongodb::event::command::CommandEvent;
+    use mongodb::event::EventHandler;
+
+    let sent = Sent::default();
+    let uri = std::env::var("MONGODB_URI").expect("MONGODB_URI is set");
+    let mut options = ClientOptions::parse(&uri)
+        .await
+        .expect("MONGODB_URI parses");
+    let log = sent.clone();
+    options.command_event_handler = Some(EventHandler::callback(move |event| {
+        if let CommandEvent::Started(started) = event {
+            log.lock()
+                .expect("the command log")
+                .push((started.command_name, started.command));
+        }
+    }));
+    let config = LockConfig::new(format!(
+        "stream{}",
+        &Uuid::new_v4().simple().to_string()[..10]
+    ))
+    .database(DATABASE);
+    let holder = LockManager::with_client(connect().await, config.clone())
+        .await
+        .expect("start the holder");
+    let held = holder.send(Lock::new("r")).await.unwrap().unwrap();
+    let waiter = LockManager::with_client(
+        Client::with_options(options).expect("client options are valid"),
+        config,
+    )
+    .await
+    .expect("start the waiter");
+    let refused = waiter
+        .send(Acquire::new("r").timeout(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "the waiter was granted a held resource");
+
+    let pipelines: Vec<Vec<Document>> = sent
+        .lock()
+        .expect("the command log")
+        .iter()
+        .filter(|(name, _)| name == "aggregate")
+        .filter_map(|(_, body)| body.get_array("pipeline").ok().cloned())
+        .filter(|pipeline| {
+            pipeline
+                .first()
+                .and_then(Bson::as_document)
+                .is_some_and(|stage| stage.contains_key("$changeStream"))
+        })
+        .map(|pipeline| {
+            pipeline
+                .iter()
+                .skip(1)
+                .filter_map(|stage| stage.as_document().cloned())
+                .collect()
+        })
+        .collect();
+    match expect() {
+        Expect::Nx => assert!(pipelines.is_empty(), "a stream opened: {pipelines:?}"),
+        Expect::MongoDb => {
+            let [pipeline] = &pipelines[..] else {
+                panic!("one stream, opened once: {pipelines:?}")
+            };
+            let me = pipeline
+                .first()
+                .and_then(|stage| stage.get_document("$match").ok())
+                .and_then(|matched| matched.get_array("$or").ok())
+                .and_then(|branches| branches[0].as_document())
+                .and_then(|mine| {
+                    mine.get_str("updateDescription.updatedFields.turn.manager")
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("the stream names no manager: {pipeline:?}"));
+            assert_eq!(pipeline, &stream_filter_of(me));
+        }
+    }
+    holder
+        .send(actix_mongo_lock::Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    waiter.send(actix_mongo_lock::Close).await.unwrap();
+    holder.send(actix_mongo_lock::Close).await.unwrap();
 }

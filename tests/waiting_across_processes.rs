@@ -36,12 +36,14 @@ struct Sent {
     resumed: bool,
 }
 
-/// The commands a manager's client sent, and which change streams the server opened.
+/// The commands a manager's client sent, which change streams the server opened, and when a
+/// stream's `getMore` brought events.
 #[derive(Clone, Default)]
 struct Monitor {
     sent: Arc<Mutex<Vec<Sent>>>,
     stream_requests: Arc<Mutex<HashSet<i32>>>,
     streams_opened: Arc<Mutex<u32>>,
+    events_received: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Monitor {
@@ -66,6 +68,27 @@ impl Monitor {
 
     fn streams_opened(&self) -> u32 {
         *self.streams_opened.lock().unwrap()
+    }
+
+    /// How many `getMore` answers of its stream brought events since `since`.
+    fn events_since(&self, since: Instant) -> usize {
+        self.events_received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|at| **at >= since)
+            .count()
+    }
+
+    /// Every command sent since `since`, by name.
+    fn sent_since(&self, since: Instant) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.at >= since)
+            .map(|s| s.name.clone())
+            .collect()
     }
 }
 
@@ -105,6 +128,16 @@ async fn monitored_manager(config: &LockConfig, app_name: &str) -> (Addr<LockMan
                 .contains(&succeeded.request_id) =>
         {
             *seen.streams_opened.lock().unwrap() += 1;
+        }
+        CommandEvent::Succeeded(succeeded) if succeeded.command_name == "getMore" => {
+            let brought_events = succeeded
+                .reply
+                .get_document("cursor")
+                .and_then(|cursor| cursor.get_array("nextBatch"))
+                .is_ok_and(|batch| !batch.is_empty());
+            if brought_events {
+                seen.events_received.lock().unwrap().push(Instant::now());
+            }
         }
         _ => {}
     }));
@@ -235,6 +268,124 @@ async fn a_release_elsewhere_wakes_the_waiter_through_the_stream_on_secantus_and
             waited < Duration::from_secs(15),
             "the probing waiter took {waited:?}"
         );
+    }
+}
+
+#[actix_rt::test]
+async fn a_release_wakes_only_the_next_manager_in_line_and_waiting_costs_almost_nothing() {
+    let streams = server_has_streams().await;
+    let config = fast_config("wake_next")
+        .ttl(Duration::from_secs(60))
+        .acquire_retries(Duration::from_millis(250), 10);
+    let holder = manager(&config).await;
+    let held = holder.send(Lock::new("doc")).await.unwrap().unwrap();
+    // Four managers line up in order: the first takes the turn, the second is its `next`.
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        let (locks, monitor) = monitored_manager(&config, &unique_name("next")).await;
+        let acquire =
+            actix_rt::spawn(locks.send(Acquire::new("doc").timeout(Duration::from_secs(40))));
+        waiting.push((locks, monitor, acquire));
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+    }
+    if streams {
+        until(
+            "every release stream opens",
+            Duration::from_secs(10),
+            || {
+                waiting
+                    .iter()
+                    .all(|(_, monitor, _)| monitor.streams_opened() >= 1)
+            },
+        )
+        .await;
+    }
+    // Long enough for the first one's turn to be renewed to cover the hold.
+    actix_rt::time::sleep(Duration::from_secs(4)).await;
+    let window = Instant::now();
+    actix_rt::time::sleep(Duration::from_secs(5)).await;
+    let while_waiting: Vec<usize> = waiting
+        .iter()
+        .map(|(_, monitor, _)| monitor.sent_since(window).len())
+        .collect();
+
+    let released = Instant::now();
+    holder
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let (first_locks, first_monitor, first) = waiting.remove(0);
+    let grant = first
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the first in line is granted");
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    let tries_after: Vec<usize> = waiting
+        .iter()
+        .map(|(_, monitor, _)| {
+            monitor
+                .sent_since(released)
+                .iter()
+                .filter(|name| *name == "findAndModify")
+                .count()
+        })
+        .collect();
+    let told: Vec<usize> = std::iter::once(&first_monitor)
+        .chain(waiting.iter().map(|(_, monitor, _)| monitor))
+        .map(|monitor| monitor.events_since(released))
+        .collect();
+    eprintln!(
+        "commands in 5 s of waiting, by manager in line: {while_waiting:?}; streams told of the \
+         release: {told:?}; grant attempts after it by the rest: {tries_after:?}"
+    );
+
+    assert!(
+        tries_after.iter().all(|tries| *tries == 0),
+        "a manager behind the next one tried at the release: {tries_after:?}"
+    );
+    if streams {
+        // The release names the first as the holder of the turn and the second as its `next`;
+        // the grant that follows reaches no stream.
+        assert_eq!(
+            told,
+            [1, 1, 0, 0],
+            "the streams that the release reached, in line order"
+        );
+        // An idle getMore every 5 s, a look every 10 s at most: at most 0.5 a second each.
+        assert!(
+            while_waiting.iter().all(|sent| *sent <= 3),
+            "commands in 5 s while waiting: {while_waiting:?}"
+        );
+    } else {
+        // Probing: the next one as fast as the fall-back's pauses, each one behind it one look
+        // per acquire_period per place ahead of it at most.
+        for (place, sent) in while_waiting.iter().enumerate().skip(1) {
+            let most = 5_000 / (250 * place) + 1;
+            assert!(
+                *sent <= most,
+                "the manager {place} places behind the turn sent {sent} in 5 s (at most {most})"
+            );
+        }
+    }
+
+    first_locks
+        .send(Unlock::new(grant.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    for (locks, _, acquire) in waiting {
+        let grant = acquire
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("every waiter is served");
+        locks
+            .send(Unlock::new(grant.lock_id))
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -412,9 +563,10 @@ async fn a_stream_that_keeps_failing_gives_way_to_probing_on_secantus() {
 }
 
 #[actix_rt::test]
-async fn a_manager_waiting_with_a_long_acquire_period_keeps_its_turn_live() {
-    // Pauses of 5 s and more between probes (the fall-back's grow to 5-7 s, the stream's
-    // safety probe is 20 s), against a turn that lapses 5 s after its last renewal.
+async fn a_manager_waiting_with_a_long_acquire_period_keeps_its_turn_live_through_the_hold() {
+    // Pauses of 5 s and more between probes (the fall-back's grow to 5-7 s), against a turn
+    // taken for 5 s: the manager renews it in time, once, to last until the holder's lease
+    // ends (plus the turn's 5 s), and then needs to write nothing while it waits.
     let config = fast_config("turn_live")
         .ttl(Duration::from_secs(60))
         .acquire_retries(Duration::from_secs(5), 10);
@@ -459,9 +611,20 @@ async fn a_manager_waiting_with_a_long_acquire_period_keeps_its_turn_live() {
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(turn_of.is_some(), "the waiting manager never took the turn");
+    let lease_end_ms = held
+        .expires_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     assert!(
-        renewals >= 2,
-        "the turn was renewed {renewals} times in 14 s"
+        (1..=2).contains(&renewals),
+        "the turn was renewed {renewals} times in 14 s: it should be renewed once to cover the \
+         hold"
+    );
+    assert!(
+        last_until >= lease_end_ms && last_until <= lease_end_ms + 6_000,
+        "the renewed turn lasts until {last_until}, not the hold's lease end {lease_end_ms} \
+         plus 5 s"
     );
 
     let (grant, _) = release_and_time_the_hand_off(&holder, &held, acquire).await;

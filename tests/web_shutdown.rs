@@ -6,8 +6,9 @@
 //! send to `b`. The test checks that every request got a whole HTTP answer (no reset, no
 //! connection closed without one), that `a`'s waiting requests were answered 503 rather than run,
 //! that `b` took each report over soon after `a`'s last run of it ended (and never during it),
-//! that `a` stopped within its stated bound having left nothing for `Close`, and that no hold is
-//! left once both have stopped. It prints the takeover times.
+//! that `a`'s `AwaitReleased` saw every run unlock before its bound and after the last run
+//! ended, that `a` stopped within its stated bound having left nothing for `Close`, and that no
+//! hold is left once both have stopped. It prints the takeover times.
 
 mod support;
 
@@ -392,6 +393,13 @@ async fn sigterm_lets_running_reports_finish_while_the_other_instance_takes_over
         .count();
     assert!(waits_ended > 0, "no request waiting in a was answered 503");
 
+    let (done_at, done) = a
+        .printed("runs done")
+        .expect("a printed what AwaitReleased answered");
+    assert!(
+        done.contains("still held 0,"),
+        "a's runs did not all unlock within its bound: {done}"
+    );
     let (_, closed) = a.printed("closed").expect("a printed its CloseReport");
     assert!(
         closed.ends_with("released 0, unreleased 0"),
@@ -409,7 +417,9 @@ async fn sigterm_lets_running_reports_finish_while_the_other_instance_takes_over
         .collect();
     assert!(late.is_empty(), "a started runs after its signal: {late:?}");
     println!(
-        "a stopped {} ms after SIGTERM; {} requests, {} runs, {waits_ended} waits in a ended with 503",
+        "a's AwaitReleased answered {} ms after SIGTERM; a stopped {} ms after SIGTERM; \
+         {} requests, {} runs, {waits_ended} waits in a ended with 503",
+        unix_ms(done_at) - unix_ms(sigterm_at),
         unix_ms(a_exited_at) - unix_ms(sigterm_at),
         answers.len(),
         runs.len()
@@ -431,6 +441,11 @@ async fn sigterm_lets_running_reports_finish_while_the_other_instance_takes_over
             .iter()
             .find(|run| run.instance == "b" && run.started_ms > last_in_a.started_ms)
             .expect("b ran every report after a");
+        // The run ends, then it unlocks, then AwaitReleased answers: never before.
+        assert!(
+            unix_ms(done_at) >= last_in_a.finished_ms,
+            "a's AwaitReleased answered before its last run of {report} ended: {done}"
+        );
         let takeover = first_in_b.started_ms - last_in_a.finished_ms;
         println!(
             "{report}: a's last run ended {} ms after SIGTERM; b took over {takeover} ms after that \

@@ -23,7 +23,9 @@
 // that need a Go peer to act at a chosen moment:
 //
 //	lock R | acquire R   ->  LOCKED <lockID> <before_ms> <after_ms> | REFUSED <before_ms> <after_ms> | ERROR <text>
-//	unlock ID            ->  UNLOCKED <before_ms> <after_ms>
+//	slock R N            ->  as lock: square/mongo-lock's SLock under dplock (a shared hold of
+//	                         dplock's TTL, at most N shared holders, N < 0 for no limit)
+//	unlock ID            ->  UNLOCKED <before_ms> <after_ms>   (shared holds too)
 //	purge                ->  PURGED <count> [<lockID>...]   (one pass of the purger dplock.New started)
 //	now                  ->  NOW <ms>
 //	close                ->  CLOSED                         (dplock's Close, then the connection's)
@@ -238,6 +240,29 @@ func serve(args []string) error {
 			case err == nil:
 				out.line("LOCKED %s %d %d", lockID, unixMs(before), unixMs(after))
 			case errors.Is(err, lock.ErrAlreadyLocked) || errors.Is(err, dplock.ErrAcquireMaxRetries):
+				out.line("REFUSED %d %d", unixMs(before), unixMs(after))
+			default:
+				out.line("ERROR %s", strings.ReplaceAll(err.Error(), "\n", " "))
+			}
+		case fields[0] == "slock" && len(fields) == 3:
+			var limit int
+			if _, err := fmt.Sscan(fields[2], &limit); err != nil {
+				out.line("ERROR bad limit %q", fields[2])
+				break
+			}
+			client, ok := lck.Client.(*lock.Client)
+			if !ok {
+				out.line("ERROR dplock's client is not square/mongo-lock's")
+				break
+			}
+			lockID := fmt.Sprintf("%s-%s-s%d", *family, fields[1], time.Now().UnixNano())
+			err := client.SLock(ctx, fmt.Sprintf("%s-%s", *family, fields[1]), lockID,
+				lock.LockDetails{TTL: dplock.TTL}, limit)
+			after := time.Now()
+			switch {
+			case err == nil:
+				out.line("LOCKED %s %d %d", lockID, unixMs(before), unixMs(after))
+			case errors.Is(err, lock.ErrAlreadyLocked):
 				out.line("REFUSED %d %d", unixMs(before), unixMs(after))
 			default:
 				out.line("ERROR %s", strings.ReplaceAll(err.Error(), "\n", " "))

@@ -1,15 +1,18 @@
 //! `Lock`, and what every grant goes through: one attempt at the database, recorded locally,
-//! and the hand-over to the caller (or a release when nobody is left to take it).
+//! the line's bookkeeping around it (`crate::line` decides whose turn follows and what the
+//! line needs after), and the hand-over to the caller (or a release when nobody is left to take
+//! it).
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::check_ttl;
 
 use crate::error::LockError;
+use crate::line::{self, LineView, TurnAfter};
 use crate::messages::{KeepAlive, Lock, LockGrant, LockId, ResourceId};
 use crate::reply::Caller;
-use crate::store::TurnAfter;
+use crate::store::SharedGrant;
 
 use super::Core;
 
@@ -19,9 +22,16 @@ impl Core {
         msg: Lock,
         caller: &Caller,
     ) -> Result<LockGrant, LockError> {
+        let limit = msg.mode.checked_limit()?;
         let (resource, lock_id) = new_request(msg.resource_id)?;
         let ttl = self.lease(msg.ttl)?;
-        match self.attempt(&resource, &lock_id, ttl, false).await {
+        let attempt = if msg.mode.is_shared() {
+            self.attempt_shared(&resource, &lock_id, ttl, limit, false)
+                .await
+        } else {
+            self.attempt(&resource, &lock_id, ttl, false).await
+        };
+        match attempt {
             Ok(Some(grant)) => self.deliver(grant, caller, msg.keep_alive),
             Ok(None) => Err(LockError::AlreadyLocked {
                 resource_id: resource.to_string(),
@@ -52,18 +62,28 @@ impl Core {
         ttl: Duration,
         queued: bool,
     ) -> Result<Option<LockGrant>, LockError> {
-        let sent = std::time::Instant::now();
-        let keep = self.may_keep_turn(resource, queued);
-        let pass_to = if keep {
-            None
-        } else {
-            self.next_in_line(resource)
-        };
-        let then = if keep {
-            TurnAfter::Keep
-        } else {
-            TurnAfter::Pass(pass_to.as_deref())
-        };
+        if self
+            .lines
+            .view(resource)
+            .is_some_and(|view| view.expired_shared)
+        {
+            // Shared holds whose leases ended still count: drop them, so the grant can be made.
+            if let Err(e) = self
+                .store
+                .drop_expired_shared(resource, self.clock.now())
+                .await
+            {
+                tracing::debug!(error = %e, "could not drop expired shared holds");
+            }
+        }
+        let sent = Instant::now();
+        let then = line::turn_after_grant(
+            self.lines.manager(),
+            self.lines.view(resource).as_ref(),
+            self.waiting_besides(resource, queued),
+            self.lines.kept(resource),
+            self.config.turn_streak,
+        );
         let answer = self
             .store
             .grant(
@@ -71,25 +91,128 @@ impl Core {
                 lock_id,
                 self.clock.now(),
                 ttl,
-                &self.in_line(then),
+                self.lines.manager(),
+                &then,
             )
             .await?;
-        let Some((grant, line)) = answer else {
+        let Some((grant, view)) = answer else {
             tracing::trace!("held by someone else");
             return Ok(None);
         };
+        self.arrived_in_time(&grant, sent)?;
+        tracing::debug!(fence = grant.fence, "granted");
+        let kept = matches!(then, TurnAfter::Keep { .. });
+        let view = self.after_grant(resource, view, sent, kept, queued).await;
+        self.holds.insert(&grant, ttl, view);
+        Ok(Some(grant))
+    }
+
+    /// One shared grant attempt (of at most `limit` shared holds) with a lease of `ttl`,
+    /// recording the hold locally. `Ok(None)`: held exclusively, a manager waits in line for an
+    /// exclusive hold, or the limit is reached. `queued`: the attempt is for the head of this
+    /// manager's queue, which may be granted in this manager's own turn (the queue keeps the
+    /// order of this manager's waiters); a `Lock` may not.
+    pub(super) async fn attempt_shared(
+        &self,
+        resource: &ResourceId,
+        lock_id: &LockId,
+        ttl: Duration,
+        limit: Option<u32>,
+        queued: bool,
+    ) -> Result<Option<LockGrant>, LockError> {
+        let sent = Instant::now();
+        let in_turn_of = queued.then(|| self.lines.manager());
+        let answer = self
+            .store
+            .grant_shared(resource, lock_id, self.clock.now(), ttl, limit, in_turn_of)
+            .await?;
+        match answer {
+            SharedGrant::Granted(granted) => {
+                let (grant, view) = *granted;
+                self.arrived_in_time(&grant, sent)?;
+                tracing::debug!(fence = grant.fence, "granted shared");
+                self.holds.insert(&grant, ttl, view);
+                Ok(Some(grant))
+            }
+            SharedGrant::Held | SharedGrant::Full => {
+                tracing::trace!(?answer, "shared hold refused");
+                Ok(None)
+            }
+            SharedGrant::Mismatch(stored) => Err(LockError::MaxHoldersMismatch {
+                resource_id: resource.to_string(),
+                stored,
+                requested: limit,
+            }),
+        }
+    }
+
+    /// `Unavailable` if `grant`, asked at `sent`, was answered after its lease had ended (a
+    /// stalled server): the resource may be someone else's already. Not a grant; the caller
+    /// releases it.
+    fn arrived_in_time(&self, grant: &LockGrant, sent: Instant) -> Result<(), LockError> {
         if grant.expires_at <= self.clock.now() {
-            // The answer came after the lease it grants had ended (a stalled server): the
-            // resource may be someone else's already. Not a grant; the caller releases it.
             return Err(LockError::Unavailable {
                 waited: sent.elapsed(),
                 last_error: "the grant arrived after its lease had ended".to_owned(),
             });
         }
-        self.holds.insert(&grant, ttl);
-        tracing::debug!(fence = grant.fence, "granted");
-        self.after_grant(resource, line, sent, keep, queued).await;
-        Ok(Some(grant))
+        Ok(())
+    }
+
+    /// How many Acquires wait here for `resource` besides the one a grant is for (`queued`:
+    /// the grant is for one in the queue, not for a `Lock`).
+    fn waiting_besides(&self, resource: &ResourceId, queued: bool) -> usize {
+        self.waiters
+            .count(resource)
+            .saturating_sub(usize::from(queued))
+    }
+
+    /// After a grant here, the line as the grant left it (`view`): carries out what
+    /// [`line::after_grant`] decides, and answers the line as it then stands. Settling a turn
+    /// nobody has shares the grant's `request_timeout`, counted from `sent` (when the grant was
+    /// sent): a grant is answered within that bound, settled or not; if it is cut off, the next
+    /// manager to look at the line settles it. A failure here costs only the order.
+    async fn after_grant(
+        self: &Rc<Self>,
+        resource: &ResourceId,
+        view: LineView,
+        sent: Instant,
+        kept: bool,
+        queued: bool,
+    ) -> LineView {
+        self.lines.count_kept(resource, kept);
+        let now = self.clock.now();
+        let plan = line::after_grant(
+            self.lines.manager(),
+            &view,
+            kept,
+            self.waiting_besides(resource, queued),
+            now,
+        );
+        if let Some(pass_to) = plan.leave {
+            self.lines.forget(resource, now);
+            self.leave_line_in_background(resource, pass_to);
+            return view;
+        }
+        let view = match plan.settle {
+            Some(turn) => {
+                let deadline = sent + self.config.request_timeout;
+                let settle = self.settle(resource, &turn, view.clone());
+                tokio::time::timeout_at(deadline.into(), settle)
+                    .await
+                    .unwrap_or(view)
+            }
+            None => view,
+        };
+        if plan.remember {
+            self.lines.remember(resource, view.clone());
+        } else {
+            self.lines.forget(resource, now);
+        }
+        if plan.line_up {
+            self.line_up_in_background(resource);
+        }
+        view
     }
 
     /// Hands a grant to its caller (starting its keep-alive if asked), or releases it at once

@@ -9,11 +9,13 @@
 //! loss must never find the hold alive again.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use actix::Recipient;
 use tracing::Instrument;
 
 use crate::error::LockError;
+use crate::local::LocalHold;
 use crate::messages::{KeepAlive, LeaseLost, LockGrant, LockId, LostReason};
 
 use super::Core;
@@ -23,12 +25,8 @@ impl Core {
     /// configured one); `LockLost` if it is not live.
     pub(crate) async fn renew(&self, lock_id: &LockId) -> Result<LockGrant, LockError> {
         let hold = self.holds.get(lock_id);
-        let created_at = hold.as_ref().map(|hold| hold.granted_at);
-        let ttl = hold.map_or(self.config.ttl, |hold| hold.ttl);
-        let renewed = self
-            .store
-            .renew(lock_id, created_at, self.clock.now(), ttl)
-            .await?;
+        let ttl = hold.as_ref().map_or(self.config.ttl, |hold| hold.ttl);
+        let renewed = self.renew_in_store(lock_id, hold.as_ref(), ttl).await?;
         match renewed {
             // Answered after the renewed lease had ended (a stalled server): not live.
             Some(grant) if grant.expires_at <= self.clock.now() => {
@@ -46,6 +44,39 @@ impl Core {
                 tracing::debug!("renewal refused: the hold is not live");
                 Err(LockError::LockLost)
             }
+        }
+    }
+
+    /// One renewal of `lock_id` by `ttl` in the database: as the exclusive or shared hold
+    /// `hold` granted here, or, for a lock id granted elsewhere, as an exclusive hold and then
+    /// as a shared one. `None`: not live.
+    async fn renew_in_store(
+        &self,
+        lock_id: &LockId,
+        hold: Option<&LocalHold>,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>, LockError> {
+        let now = self.clock.now();
+        match hold {
+            Some(hold) if hold.shared => {
+                self.store
+                    .renew_shared(lock_id, Some(&hold.resource_id), now, ttl)
+                    .await
+            }
+            Some(hold) => {
+                self.store
+                    .renew(
+                        lock_id,
+                        Some((&hold.resource_id, hold.granted_at)),
+                        now,
+                        ttl,
+                    )
+                    .await
+            }
+            None => match self.store.renew(lock_id, None, now, ttl).await? {
+                Some(grant) => Ok(Some(grant)),
+                None => self.store.renew_shared(lock_id, None, now, ttl).await,
+            },
         }
     }
 
@@ -71,10 +102,12 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
         let Some(hold) = core.holds.get(&grant.lock_id) else {
             return; // unlocked, or lost through a Renew message
         };
+        // Never past the last safe moment (one interval before the lease ends): a renewal that
+        // hangs there must leave time to tell the holder before anyone else can be granted.
+        let safe_for = core.clock.until(expires_at).saturating_sub(interval);
         let renewal = tokio::time::timeout(
-            interval,
-            core.store
-                .renew(&grant.lock_id, Some(hold.granted_at), core.clock.now(), ttl),
+            interval.min(safe_for),
+            core.renew_in_store(&grant.lock_id, Some(&hold), ttl),
         )
         .await;
         match renewal {
@@ -102,7 +135,10 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
             return;
         }
         // After a failure, try again soon, but never later than the last safe moment.
-        pause = pause.min((left - interval) / 2).max(interval / 8);
+        pause = pause
+            .min((left - interval) / 2)
+            .max(interval / 8)
+            .min(left - interval);
     }
 }
 

@@ -6,19 +6,18 @@
 //! (opening, the drain, adopting a purge's findings, reading); the rooms beside it hold the
 //! rest:
 //!
-//! - `grant.rs`: one grant attempt (`Lock`) and handing a grant to its caller;
-//! - `wait.rs`: the `Acquire` wait and its two pollings;
-//! - `watch.rs`: waiting for a resource held elsewhere: the release stream, the
-//!   [`Polling::Adaptive`] fall-back pauses;
-//! - `line.rs`: the line of waiting managers, which serves them in turn across processes;
-//! - `release.rs`: `Unlock`, every end of a local hold, releasing grants nobody was given;
+//! - `grant.rs`: one grant attempt (`Lock`), the line's bookkeeping around it, and handing a
+//!   grant to its caller;
+//! - `wait.rs`: the `Acquire` wait and its two pollings: the loop that carries out the steps
+//!   the line's rules (`crate::line`) decide, and the requests that keep a place in a line;
+//! - `watch.rs`: the one change stream per manager that tells its waiters of releases and
+//!   turns meant for them;
+//! - `release.rs`: `Unlock`, every end of a local hold, `AwaitReleased`, releasing grants
+//!   nobody was given;
 //! - `lease.rs`: `Renew` and keep-alive.
-//!
-//! [`Polling::Adaptive`]: crate::Polling::Adaptive
 
 mod grant;
 mod lease;
-mod line;
 mod release;
 mod wait;
 mod watch;
@@ -36,12 +35,13 @@ use crate::clock::{ClockOffset, ServerClock};
 use crate::config::LockConfig;
 use crate::drain::{Drain, InFlight};
 use crate::error::LockError;
+use crate::line::Lines;
 use crate::local::{LocalHolds, LocalWaiters};
 use crate::messages::{CloseReport, HoldStatus, ResourceId};
 use crate::purger::{Purged, Purger, StopPurger};
+use crate::server::{self, Verdict};
 use crate::store::MongoStore;
 
-use self::line::Lines;
 use self::watch::ReleaseWatch;
 
 /// The state every message's future shares.
@@ -52,17 +52,34 @@ pub(crate) struct Core {
     drain: Rc<Drain>,
     holds: LocalHolds,
     waiters: Rc<LocalWaiters>,
-    lines: Lines,
+    lines: Rc<Lines>,
     release_watch: Rc<ReleaseWatch>,
     /// What the drain did, for every `Close`'s answer.
     close_report: Cell<CloseReport>,
 }
 
 impl Core {
-    /// Checks `config`, creates the collection's indexes and measures the server's clock.
+    /// Checks `config`, refuses a server known not to keep a lock safe (before anything is
+    /// written), creates the collection's indexes and measures the server's clock.
     pub(crate) async fn open(client: Client, config: LockConfig) -> Result<Rc<Self>, LockError> {
         config.validate()?;
         let store = MongoStore::new(client, &config);
+        match server::judge(&store.build_info().await?) {
+            Verdict::Trusted { server } => tracing::debug!(server, "server"),
+            Verdict::Unmeasured { server, note } => tracing::warn!(server, note),
+            Verdict::Unsafe { server, reason } if config.allow_unsafe_server => tracing::warn!(
+                server,
+                reason,
+                "starting on an unsafe server because allow_unsafe_server is set"
+            ),
+            Verdict::Unsafe { server, reason } => {
+                tracing::error!(server, reason, "refusing to start on an unsafe server");
+                return Err(LockError::UnsafeServer {
+                    server,
+                    reason: reason.to_owned(),
+                });
+            }
+        }
         store.ensure_indexes().await?;
         let clock = ServerClock::measure(config.clock.clone(), store.server_time()).await?;
         tracing::info!(
@@ -71,8 +88,13 @@ impl Core {
         );
         let drain = Drain::new();
         let waiters: Rc<LocalWaiters> = Rc::default();
-        let release_watch =
-            ReleaseWatch::new(store.clone(), Rc::clone(&waiters), Rc::clone(&drain));
+        let lines = Rc::new(Lines::new());
+        let release_watch = ReleaseWatch::new(
+            store.clone(),
+            Rc::clone(&waiters),
+            Rc::clone(&lines),
+            Rc::clone(&drain),
+        );
         Ok(Rc::new(Core {
             config,
             store,
@@ -80,7 +102,7 @@ impl Core {
             drain,
             holds: LocalHolds::default(),
             waiters,
-            lines: Lines::new(),
+            lines,
             release_watch,
             close_report: Cell::default(),
         }))

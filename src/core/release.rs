@@ -1,12 +1,15 @@
 //! Every end of a hold granted here: `Unlock`, the one bookkeeping step each end goes through
-//! ([`Core::forget_hold`]), releasing grants nobody was given, and releasing all at `Close`.
+//! ([`Core::forget_hold`]), waiting for every hold to end (`AwaitReleased`), releasing grants
+//! nobody was given, and releasing all at `Close`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::error::LockError;
-use crate::messages::{LockId, UnlockOutcome};
+use crate::messages::{LockId, ReleasedReport, UnlockOutcome};
+use crate::reply::Caller;
+use crate::store::HoldKind;
 
 use super::Core;
 
@@ -52,7 +55,7 @@ impl Core {
     ) -> Result<UnlockOutcome, LockError> {
         loop {
             let retried = retries.get();
-            match self.store.release(lock_id).await {
+            match self.release(lock_id).await {
                 Ok(released) => {
                     self.forget_hold(lock_id);
                     let outcome = match (released, retried) {
@@ -87,6 +90,54 @@ impl Core {
         }
     }
 
+    /// One release of `lock_id` (`MongoStore::release`), naming whom it wakes from the line as
+    /// this manager last saw it: since the hold's grant, or since a look by one of its waiters.
+    /// A lock id granted elsewhere is looked up first.
+    ///
+    /// A shared hold granted here is released as one (`MongoStore::release_shared`); a lock id
+    /// not granted here is tried as an exclusive hold, then as a shared one.
+    async fn release(&self, lock_id: &LockId) -> Result<bool, LockError> {
+        let hold = self.holds.get(lock_id);
+        let now = self.clock.now();
+        if let Some(hold) = hold.as_ref().filter(|hold| hold.shared) {
+            return self
+                .store
+                .release_shared(lock_id, Some(&hold.resource_id), now)
+                .await;
+        }
+        let granted_here = hold.is_some();
+        let known = hold.map(|hold| {
+            let view = self.lines.view(&hold.resource_id).unwrap_or(hold.line);
+            (hold.resource_id, view)
+        });
+        let released = self
+            .store
+            .release(
+                lock_id,
+                known.as_ref().map(|(resource, view)| (resource, view)),
+                now,
+            )
+            .await?;
+        if released || granted_here {
+            return Ok(released);
+        }
+        self.store.release_shared(lock_id, None, now).await
+    }
+
+    /// For [`Unlock::shared`](crate::Unlock::shared): [`LockError::NotShared`] if `lock_id`
+    /// is an exclusive hold (granted here, or found so in the database: one `find`, or two for
+    /// a lock id held nowhere). Writes nothing.
+    pub(crate) async fn check_shared(&self, lock_id: &LockId) -> Result<(), LockError> {
+        let exclusive = match self.holds.get(lock_id) {
+            Some(hold) => !hold.shared,
+            None => self.store.hold_kind(lock_id).await? == HoldKind::Exclusive,
+        };
+        if exclusive {
+            return Err(LockError::NotShared);
+        }
+        Ok(())
+    }
+
     /// Forgets a hold that ended (released here, found gone, expired or lost) and hands its
     /// resource to the next local waiter; `true` if this manager still had it. Every end of a
     /// local hold goes through here.
@@ -96,6 +147,47 @@ impl Core {
         };
         self.waiters.wake_head(&hold.resource_id);
         true
+    }
+
+    /// `AwaitReleased`: waits until no hold granted here is live (each ended through
+    /// [`forget_hold`](Self::forget_hold), or its lease is over), `timeout` has passed, a
+    /// `Close` has finished, or the caller left. Makes no database request.
+    pub(crate) async fn await_released(
+        &self,
+        timeout: Duration,
+        caller: &Caller,
+    ) -> ReleasedReport {
+        let started = Instant::now();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let ended = self.holds.ended();
+            // None when no hold is live.
+            let Some(first_end) = self.holds.live_at(self.clock.now()).1 else {
+                break;
+            };
+            tokio::select! {
+                () = ended => {}
+                () = tokio::time::sleep(self.clock.until(first_end)) => {}
+                () = &mut deadline => break,
+                () = self.drain.closed() => break,
+                () = caller.gone() => break,
+            }
+        }
+        let report = ReleasedReport {
+            still_held: self.holds.live_at(self.clock.now()).0,
+            waited: started.elapsed(),
+        };
+        if report.all_released() {
+            tracing::info!(waited = ?report.waited, "every hold granted here has ended");
+        } else {
+            tracing::warn!(
+                still_held = report.still_held,
+                waited = ?report.waited,
+                "holds granted here still held at the end of the wait"
+            );
+        }
+        report
     }
 
     /// After a `Lock` or an `Acquire` that ended without a grant: if an attempt's outcome is
@@ -121,7 +213,7 @@ impl Core {
         self.in_background(async move {
             let mut pause = Duration::from_millis(50);
             loop {
-                match core.store.release(&lock_id).await {
+                match core.release(&lock_id).await {
                     Ok(true) => {
                         core.forget_hold(&lock_id);
                         tracing::debug!("released a hold nobody was given");
@@ -150,7 +242,7 @@ impl Core {
     pub(super) async fn release_all_local(&self) {
         let lock_ids = self.holds.lock_ids();
         let releases = lock_ids.iter().map(|lock_id| async move {
-            match self.store.release(lock_id).await {
+            match self.release(lock_id).await {
                 Ok(_) => {
                     // Released now, or already gone: either way nothing is held any more.
                     self.forget_hold(lock_id);

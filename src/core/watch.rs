@@ -1,23 +1,23 @@
-//! Waiting for a resource held in another process: woken by the database, not by polling.
+//! Waiting for a resource held in another process: told by the database, not by polling.
 //!
-//! A waiter in this manager learns of a release through this manager at once (`local.rs`); a
-//! release by another process it could only learn of by asking. Where the server has change
-//! streams, [`ReleaseWatch`] keeps ONE stream per manager, filtered on the server down to this
-//! collection's releases, open while some waiter here waits for a resource held elsewhere, and
-//! each release it reports wakes the head of that resource's local queue, which then tries
-//! once. Otherwise the head only looks at the resource's line (`line.rs`: one request that also
-//! keeps its manager's place there and reads when the hold ends): when the holder's lease ends
-//! (an expiry produces no event), when another manager's turn would lapse, and as a slow safety
-//! net for a missed event; it tries only when the look finds the resource free and the turn its
-//! own or nobody's. Where there is no stream (a standalone server, or one whose stream keeps
-//! failing), the looks come after pauses that grow from a short first one to `acquire_period`
-//! ([`Backoff`]).
+//! A waiter in this manager learns of a release through this manager at once (`local.rs`); of a
+//! release or a turn elsewhere it could only learn by asking. Where the server has change
+//! streams, [`ReleaseWatch`] keeps ONE stream per manager, open while some waiter here waits
+//! for a resource held elsewhere. The server filters it down to the events meant for this
+//! manager (`MongoStore::watch_releases`): a release, a join, a leave, a settle or a renewal
+//! whose turn names it as the turn's holder or as its `next`, and releases that name no turn
+//! (Go clients', purges). Each event updates the manager's view of that line ([`Lines`]) and
+//! wakes the head of the resource's local queue, which decides what to do with it
+//! (`crate::line::next_step`): the holder of the turn of a released resource tries at once, its
+//! `next` only learns when that turn ends. Releases meant for other managers never reach this
+//! one, so a release costs the same however many managers wait.
 //!
 //! The stream lives in a task of its own, so no waiter owns it: the first waiter that needs it
 //! starts it, and it closes itself 3 s after the last one left if no other came (at once when
 //! the manager closes). A failed stream is opened again after its last event (its resume
 //! token), so nothing in between is lost; on each opening every watched head is told to look
-//! once, to cover a release that happened before the stream saw it.
+//! once, to cover what happened before the stream saw it. Where there is no stream (a
+//! standalone server, or one whose stream keeps failing), waiters probe instead.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -29,23 +29,11 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::drain::Drain;
+use crate::line::{LineEvent, Lines, Woken};
 use crate::local::LocalWaiters;
 use crate::messages::ResourceId;
-use crate::store::TURN_LIFE;
-use crate::store::{is_unsupported_stream, MongoStore, ReleaseEvent};
+use crate::store::{is_unsupported_stream, MongoStore, StreamEvent};
 
-use super::Core;
-
-/// The safety probe of a waiter whose stream works, at the least: a missed event costs at most
-/// this much. Longer when `acquire_period` is (4 periods), never shorter.
-const SAFETY_PROBE: Duration = Duration::from_secs(1);
-/// A probe right after the holder's lease ends must find it ended: the grant's "expired" test is
-/// a strict `$lt`, so the waiter wakes just after the stored instant.
-const AFTER_EXPIRY: Duration = Duration::from_millis(5);
-/// The longest pause after an attempt that the line said would be granted and was refused: the
-/// hold's end as read and the server's verdict can differ briefly (nx-27017 compares dates by
-/// the whole second), so the waiter looks again soon, if no sooner than its fall-back pause.
-const LOOK_AGAIN: Duration = Duration::from_millis(250);
 /// Consecutive failures to open or keep a stream before waiters fall back to probing.
 const FAILURES_BEFORE_FALLBACK: u32 = 3;
 /// A stream that ran this long before failing counts as having worked.
@@ -61,6 +49,7 @@ const FALLBACK_COOLDOWN: Duration = Duration::from_secs(60);
 pub(crate) struct ReleaseWatch {
     store: MongoStore,
     waiters: Rc<LocalWaiters>,
+    lines: Rc<Lines>,
     drain: Rc<Drain>,
     /// Resources held elsewhere and waited for here, with how many waits watch each.
     watched: RefCell<HashMap<ResourceId, usize>>,
@@ -95,10 +84,16 @@ pub(crate) struct Watching {
 }
 
 impl ReleaseWatch {
-    pub(crate) fn new(store: MongoStore, waiters: Rc<LocalWaiters>, drain: Rc<Drain>) -> Rc<Self> {
+    pub(crate) fn new(
+        store: MongoStore,
+        waiters: Rc<LocalWaiters>,
+        lines: Rc<Lines>,
+        drain: Rc<Drain>,
+    ) -> Rc<Self> {
         Rc::new(ReleaseWatch {
             store,
             waiters,
+            lines,
             drain,
             watched: RefCell::default(),
             documents: RefCell::default(),
@@ -129,14 +124,14 @@ impl ReleaseWatch {
         }
     }
 
-    /// Whether releases elsewhere reach the waiters now.
+    /// Whether releases and turns meant for this manager reach its waiters now.
     pub(crate) fn streaming(&self) -> bool {
         self.state.get() == StreamState::Streaming
     }
 
-    /// The stream's task: opens the stream, hands each release to the head of its resource's
-    /// local queue, opens it again where it failed, and ends when nobody watches, the manager
-    /// closes, or the server has no streams to give.
+    /// The stream's task: opens the stream, hands each event to the line it is about and to the
+    /// head of that resource's local queue, opens it again where it failed, and ends when
+    /// nobody watches, the manager closes, or the server has no streams to give.
     async fn run(self: Rc<Self>) {
         let mut streamed = false;
         match self.stream_while_watched(&mut streamed).await {
@@ -173,7 +168,7 @@ impl ReleaseWatch {
         while !self.is_unwatched() && !self.drain.is_closing() {
             let opened = self
                 .store
-                .watch_releases(resume.clone(), after_invalidation)
+                .watch_releases(self.lines.manager(), resume.clone(), after_invalidation)
                 .await;
             let mut stream = match opened {
                 Ok(stream) => stream,
@@ -219,25 +214,24 @@ impl ReleaseWatch {
                 };
                 resume = stream.resume_token().or(resume);
                 match event {
-                    Ok(ReleaseEvent::Released(resource)) => {
-                        tracing::trace!(%resource, "release seen");
+                    Ok(StreamEvent::Resource { resource, event }) => {
                         failures = 0;
-                        self.waiters.wake_head(&resource);
+                        self.tell(&resource, &event);
                     }
-                    Ok(ReleaseEvent::ReleasedDocument(document)) => {
+                    Ok(StreamEvent::Document { document, event }) => {
                         failures = 0;
                         let resource = self.documents.borrow().get(&document).cloned();
                         match resource {
-                            Some(resource) => self.waiters.wake_head(&resource),
+                            Some(resource) => self.tell(&resource, &event),
                             // Perhaps a watched resource whose document no look has read yet.
                             None => self.wake_unknown_documents(),
                         }
                     }
-                    Ok(ReleaseEvent::Unknown) => {
+                    Ok(StreamEvent::Unknown) => {
                         failures = 0;
                         self.wake_watched();
                     }
-                    Ok(ReleaseEvent::Invalidated) => {
+                    Ok(StreamEvent::Invalidated) => {
                         tracing::debug!("release stream invalidated; starting after it");
                         after_invalidation = true;
                         break;
@@ -288,6 +282,14 @@ impl ReleaseWatch {
         }
     }
 
+    /// Hands `event` to `resource`'s line as seen here and wakes the head of its queue (told to
+    /// look, if this manager has not seen the line yet).
+    fn tell(&self, resource: &ResourceId, event: &LineEvent) {
+        tracing::trace!(%resource, ?event, "line event");
+        let why = self.lines.apply(resource, event).unwrap_or(Woken::Nudged);
+        self.waiters.tell_head(resource, why);
+    }
+
     fn is_unwatched(&self) -> bool {
         self.watched.borrow().is_empty()
     }
@@ -304,7 +306,7 @@ impl ReleaseWatch {
             .cloned()
             .collect();
         for resource in &unknown {
-            self.waiters.nudge_head(resource);
+            self.waiters.tell_head(resource, Woken::Nudged);
         }
     }
 
@@ -313,7 +315,7 @@ impl ReleaseWatch {
     fn wake_watched(&self) {
         let resources: Vec<ResourceId> = self.watched.borrow().keys().cloned().collect();
         for resource in &resources {
-            self.waiters.nudge_head(resource);
+            self.waiters.tell_head(resource, Woken::Nudged);
         }
     }
 }
@@ -354,213 +356,5 @@ impl Drop for Watching {
         if watched.is_empty() {
             self.watch.emptied.notify_one();
         }
-    }
-}
-
-/// How the head of a local queue waits for a resource held elsewhere: its interest in the
-/// release stream, whether the line last looked grantable to it, and its fall-back pauses.
-pub(super) struct RemoteWait {
-    watching: Option<Watching>,
-    grantable: bool,
-    backoff: Backoff,
-    safety_probe: Duration,
-    /// The resource's fence at the last look.
-    last_fence: Option<i64>,
-}
-
-impl RemoteWait {
-    pub(super) fn new(acquire_period: Duration) -> Self {
-        RemoteWait {
-            watching: None,
-            grantable: false,
-            backoff: Backoff::new(acquire_period),
-            safety_probe: SAFETY_PROBE.max(acquire_period.saturating_mul(4)),
-            last_fence: None,
-        }
-    }
-
-    /// Whether the last look at the line found the resource free and nobody else's turn: then
-    /// the next probe is a grant attempt.
-    pub(super) fn looks_grantable(&self) -> bool {
-        self.grantable
-    }
-}
-
-impl Core {
-    /// After a refused attempt, or when a pause ends by its timer, for a resource held
-    /// elsewhere: takes or keeps this manager's place in the resource's line (renewing its turn
-    /// if it has it; `line.rs`), and answers how long to wait before the next probe. Zero if the
-    /// resource is free and the turn is nobody else's. With the stream working, until the
-    /// holder's lease ends (an expiry produces no event) or another manager's turn lapses, or
-    /// the safety probe, whichever is first: a release wakes the waiter sooner. Without, the
-    /// next fall-back pause, and the look at the line is the probe. Either way at most half a
-    /// [`TURN_LIFE`] while the turn is this manager's, so the next look renews it in time.
-    ///
-    /// The look is cut off at the wait's `deadline`, as later attempts are: the wait then ends.
-    pub(super) async fn remote_pause(
-        &self,
-        resource: &ResourceId,
-        wait: &mut RemoteWait,
-        deadline: Instant,
-    ) -> Duration {
-        if wait.watching.is_none() {
-            wait.watching = Some(self.release_watch.watch(resource));
-        }
-        // An attempt made because the line looked grantable was refused (a server that
-        // compares dates by the whole second, a grant elsewhere in between): the next one waits
-        // a fall-back pause, so a line that keeps looking grantable is not probed in a loop.
-        let refused_when_grantable = std::mem::take(&mut wait.grantable);
-        let look = tokio::time::timeout_at(deadline.into(), self.visit_line(resource)).await;
-        let view = match look {
-            Ok(Ok(view)) => view,
-            Err(_) => return Duration::ZERO,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "could not look at the line");
-                return wait.backoff.next_pause().min(wait.safety_probe);
-            }
-        };
-        if let Some(watching) = &wait.watching {
-            watching.learn_document(view.as_ref().and_then(|seen| seen.document.as_deref()));
-        }
-        // No document: nothing holds the resource.
-        wait.grantable = view
-            .as_ref()
-            .is_none_or(|view| view.grantable_to(self.lines.manager()));
-        let Some(view) = view.filter(|_| !wait.grantable) else {
-            return if refused_when_grantable {
-                wait.backoff.next_pause().min(LOOK_AGAIN)
-            } else {
-                Duration::ZERO
-            };
-        };
-        let ends = view
-            .held_until
-            .or(view.turn.as_ref().map(|(_, until)| *until));
-        let until_end = ends.map(|at| self.clock.until(at) + AFTER_EXPIRY);
-        // Without a stream: while this manager is next to be granted and the resource has been
-        // granted since the last look, the holds are short and the next release is near, so
-        // the pauses start again from the first; otherwise they keep growing.
-        let handed_on = wait.last_fence.is_some() && view.fence != wait.last_fence;
-        wait.last_fence = view.fence;
-        let pause = if self.release_watch.streaming() {
-            until_end
-                .unwrap_or(wait.safety_probe)
-                .min(wait.safety_probe)
-        } else {
-            if handed_on && view.is_next(self.lines.manager()) {
-                wait.backoff.restart();
-            }
-            wait.backoff.next_pause()
-        };
-        // The manager whose turn it is looks at least every half turn, so the look renews it
-        // before it lapses, whatever `acquire_period` makes the safety probe and the fall-back
-        // pauses (a turn that lapsed is anyone's).
-        let renew_within = if view.is_turn_of(self.lines.manager()) {
-            TURN_LIFE / 2
-        } else {
-            Duration::MAX
-        };
-        pause
-            .min(until_end.unwrap_or(Duration::MAX))
-            .min(renew_within)
-    }
-}
-
-/// The fall-back pauses of [`Polling::Adaptive`](crate::Polling::Adaptive) for a resource held
-/// elsewhere: a tenth of `acquire_period` first, doubling up to `acquire_period`, each with
-/// jitter of up to +40 % (never shorter, so the rates below are ceilings). A default wait (2.5 s
-/// at 250 ms) thus sends at most 14 probes, and a long one at most one per `acquire_period`,
-/// unless the pauses [`restart`](Backoff::restart): only for the manager next to be granted,
-/// when the resource changed hands since its last look (`remote_pause`).
-pub(super) struct Backoff {
-    first: Duration,
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub(super) fn new(acquire_period: Duration) -> Self {
-        Backoff {
-            first: acquire_period / 10,
-            next: acquire_period / 10,
-            max: acquire_period,
-        }
-    }
-
-    /// The next pause is the first, short one again.
-    pub(super) fn restart(&mut self) {
-        self.next = self.first;
-    }
-
-    pub(super) fn next_pause(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // The randomness of a v4 UUID serves as jitter.
-        let fraction = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
-        base.mul_f64(1.0 + 0.4 * fraction)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Probes a wait of `budget` sends: one at once, then one after each pause that ends
-    /// before the deadline, and one at the deadline.
-    fn probes_within(budget: Duration, backoff: &mut Backoff) -> u32 {
-        let mut elapsed = Duration::ZERO;
-        let mut probes = 1;
-        loop {
-            elapsed += backoff.next_pause();
-            probes += 1;
-            if elapsed >= budget {
-                return probes;
-            }
-        }
-    }
-
-    #[test]
-    fn a_restart_makes_the_next_pause_the_first_again() {
-        let period = Duration::from_millis(250);
-        let mut backoff = Backoff::new(period);
-        for _ in 0..6 {
-            backoff.next_pause();
-        }
-        backoff.restart();
-        let first = backoff.next_pause();
-        let second = backoff.next_pause();
-        assert!(first >= Duration::from_millis(25) && first <= Duration::from_millis(35));
-        assert!(second >= Duration::from_millis(50) && second <= Duration::from_millis(70));
-    }
-
-    #[test]
-    fn the_pauses_grow_from_a_tenth_to_the_acquire_period() {
-        let period = Duration::from_millis(250);
-        let mut backoff = Backoff::new(period);
-        let pauses: Vec<Duration> = (0..8).map(|_| backoff.next_pause()).collect();
-        let bases = [25, 50, 100, 200, 250, 250, 250, 250];
-        for (pause, base) in pauses.iter().zip(bases) {
-            let base = Duration::from_millis(base);
-            assert!(
-                *pause >= base && *pause <= base.mul_f64(1.4),
-                "{pause:?} is not within the jitter of {base:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_default_wait_sends_at_most_fifteen_probes() {
-        for _ in 0..1000 {
-            let mut backoff = Backoff::new(Duration::from_millis(250));
-            let probes = probes_within(Duration::from_millis(2500), &mut backoff);
-            assert!(probes <= 15, "{probes} probes in a default wait");
-        }
-    }
-
-    #[test]
-    fn a_long_wait_sends_at_most_four_probes_a_second_at_the_default_period() {
-        let mut backoff = Backoff::new(Duration::from_millis(250));
-        let probes = probes_within(Duration::from_secs(60), &mut backoff);
-        assert!(probes <= 4 * 60 + 1, "{probes} probes in a minute");
     }
 }

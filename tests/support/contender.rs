@@ -1,4 +1,5 @@
-//! Runs `src/bin/lock-contender` processes and reads what they print.
+//! Runs `lock-contender` processes (tests/tools/lock-contender.rs, built as an example) and
+//! reads what they print.
 //!
 //! Each contender prints one `HOLD` line per hold it saw (see the binary's docs), a `REFUSED`
 //! line for each Acquire that ran out of time (and an `ASK` line before each Acquire if asked
@@ -6,10 +7,58 @@
 //! `DONE <process> <grants> <refusals>` line. [`ContenderRun::record`] feeds the holds into a
 //! [`History`], so holds seen by several processes are checked together.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::history::History;
+
+/// The `lock-contender` executable, built (or found up to date) once per test process with
+/// `cargo build --example lock-contender` in this test's profile, so a test run alone
+/// (`cargo test --test NAME`, which builds no examples) runs the current source too. Panics
+/// with cargo's output if it does not build.
+pub fn binary() -> String {
+    static BUILT: OnceLock<String> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // This test runs as target/<profile>/deps/<test>-<hash>; examples go to
+            // target/<profile>/examples/.
+            let exe = std::env::current_exe().expect("the test's own path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("the test runs from target/<profile>/deps");
+            let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+                "build",
+                "--quiet",
+                "--example",
+                "lock-contender",
+            ]);
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
+            }
+            if let Some(target_dir) = profile_dir.parent() {
+                build.env("CARGO_TARGET_DIR", target_dir);
+            }
+            let output = build.output().expect("cargo runs");
+            assert!(
+                output.status.success(),
+                "cargo build --example lock-contender failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let path: PathBuf = profile_dir
+                .join("examples")
+                .join(format!("lock-contender{}", std::env::consts::EXE_SUFFIX));
+            assert!(path.exists(), "{} was not built", path.display());
+            path.to_string_lossy().into_owned()
+        })
+        .clone()
+}
 
 /// The `lock-contender` flags.
 #[derive(Clone, Debug)]
@@ -24,15 +73,15 @@ pub struct Contender {
 }
 
 impl Contender {
-    /// Starts `binary` (pass `env!("CARGO_BIN_EXE_lock-contender")`) against `uri`, with its
+    /// Starts a `lock-contender` ([`binary`]) against `uri`, with its
     /// stdout and stderr piped.
-    pub fn spawn(&self, binary: &str, uri: &str) -> Child {
-        self.spawn_with(binary, uri, &[])
+    pub fn spawn(&self, uri: &str) -> Child {
+        self.spawn_with(uri, &[])
     }
 
     /// [`Self::spawn`] with more flags, such as `("--timeout-ms", "2000")`.
-    pub fn spawn_with(&self, binary: &str, uri: &str, more: &[(&str, &str)]) -> Child {
-        Command::new(binary)
+    pub fn spawn_with(&self, uri: &str, more: &[(&str, &str)]) -> Child {
+        Command::new(binary())
             .args(["--name", &self.name, "--process", &self.process])
             .args(["--workers", &self.workers.to_string()])
             .args(["--resources", &self.resources.to_string()])

@@ -230,6 +230,12 @@ impl Commands {
         sent.iter().filter(|c| c.name == name).cloned().collect()
     }
 
+    /// The names of the commands sent so far, in order.
+    pub fn names(&self) -> Vec<String> {
+        let sent = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        sent.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// Forgets everything recorded so far.
     pub fn clear(&self) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();

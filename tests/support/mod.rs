@@ -5,9 +5,11 @@
 // given binary leaves unused would otherwise warn as dead code.
 #![allow(dead_code)]
 
+pub mod build_info_proxy;
 pub mod contender;
 pub mod failpoint;
 pub mod history;
+pub mod losses;
 pub mod own_server;
 pub mod poll;
 pub mod proxy;

@@ -340,6 +340,28 @@ where
     futures::future::join(reader, writer).await;
 }
 
+/// A fault proxy in front of the suite's server (`MONGODB_URI`).
+pub async fn to_the_server() -> FaultProxy {
+    FaultProxy::start(upstream_from_env())
+        .await
+        .expect("start the fault proxy")
+}
+
+/// A lock manager whose client goes through `proxy`, with the driver's default 30 s server
+/// selection, so a bound it keeps with the server gone is the library's, not the driver's.
+pub async fn manager_through(
+    proxy: &FaultProxy,
+    config: &actix_mongo_lock::LockConfig,
+) -> actix::Addr<actix_mongo_lock::LockManager> {
+    let options = mongodb::options::ClientOptions::parse(proxy.uri())
+        .await
+        .expect("the proxy's URI parses");
+    let client = mongodb::Client::with_options(options).expect("client options are valid");
+    actix_mongo_lock::LockManager::with_client(client, config.clone())
+        .await
+        .expect("start a manager through the proxy")
+}
+
 /// The value of `MONGODB_URI`; panics with a clear message if it is unset.
 pub fn env_uri() -> String {
     match std::env::var("MONGODB_URI") {

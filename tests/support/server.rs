@@ -87,6 +87,34 @@ pub fn stored_integer(document: &Document, key: &str) -> i64 {
     }
 }
 
+/// The shared holds of a stored document: their lock ids, sorted, and `shared.count`.
+pub fn stored_shared(document: &Document) -> (Vec<String>, i64) {
+    let shared = document
+        .get_document("shared")
+        .expect("a shared sub-document");
+    let mut ids: Vec<String> = shared
+        .get_array("locks")
+        .map(|locks| {
+            locks
+                .iter()
+                .filter_map(|entry| entry.as_document()?.get_str("lockId").ok())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    (ids, stored_integer(shared, "count"))
+}
+
+/// Sends `unlock` and answers its outcome; panics if the manager or the request failed.
+pub async fn unlocked(locks: &Addr<LockManager>, unlock: Unlock) -> UnlockOutcome {
+    locks
+        .send(unlock)
+        .await
+        .expect("the manager answers")
+        .expect("the Unlock succeeds")
+}
+
 /// The live hold of a resource as the server stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredHold {

@@ -1,6 +1,10 @@
 //! `lock-contender`: workers in one process contending for a few resources through one
 //! `LockManager`, printing every hold they saw as a line a checker can read.
 //!
+//! A test tool, not part of the published crate's binaries: it is built as the example
+//! `lock-contender` (`cargo build --example lock-contender`), which `cargo install` never
+//! installs; the tests build it themselves (tests/support/contender.rs).
+//!
 //! The multi-process tests and the soak start several of these against one server and check,
 //! from all their lines together, that no two holds of a resource overlapped and that fences
 //! rose in grant order. Each line:
