@@ -555,9 +555,11 @@ async fn grants_of_two_managers(streak: u32, run: Duration) -> Vec<Granted> {
     grants
 }
 
-/// How long after its Acquire was sent a waiter surely has its manager's place in line: its
-/// first try is refused and its first look takes the place, two round trips (a few ms here).
-/// Before that, its manager is not in line yet, and a grant elsewhere is not out of turn.
+/// How long after a manager's first waiter was sent (while none of its others waited) the
+/// manager surely has its place in line: the waiter's first try is refused and its first look
+/// takes the place, two round trips (a few ms here). Before that, the manager is not in line
+/// yet, and a grant elsewhere is not out of turn. Once in line, a manager keeps its place for
+/// as long as any of its waiters waits.
 const LINED_UP_MS: u128 = 50;
 
 /// The first second: both managers start their waits, line up for the first time and open
@@ -565,18 +567,36 @@ const LINED_UP_MS: u128 = 50;
 /// whole run, against a looser bound).
 const WARM_UP_MS: u128 = 1_000;
 
+/// Since when `manager` had Acquires waiting without a break at `at` (ms into the run): the
+/// start of the stretch of overlapping waits (each from its request to its grant) that spans
+/// `at`, or `None` if none of its Acquires waited then.
+fn waiting_since(grants: &[Granted], manager: usize, at: u128) -> Option<u128> {
+    let mut waits: Vec<(u128, u128)> = grants
+        .iter()
+        .filter(|g| g.manager == manager)
+        .map(|g| (g.requested_ms, g.granted_ms))
+        .collect();
+    waits.sort_unstable();
+    let mut stretch: Option<(u128, u128)> = None;
+    for (from, to) in waits {
+        stretch = match stretch {
+            Some((start, end)) if from <= end => Some((start, end.max(to))),
+            Some((start, end)) if start <= at && at < end => return Some(start),
+            _ => Some((from, to)),
+        };
+    }
+    stretch.and_then(|(start, end)| (start <= at && at < end).then_some(start))
+}
+
 /// The longest run of grants in a row (by fence) to one manager after [`WARM_UP_MS`], each
-/// made while the other manager had an Acquire waiting in line (sent [`LINED_UP_MS`] or more
-/// before the grant, granted after it).
+/// made while the other manager was in line: it had Acquires waiting without a break since
+/// [`LINED_UP_MS`] or more before the grant, and still after it.
 fn longest_streak(grants: &[Granted]) -> usize {
     let (mut streak, mut longest) = (0, 0);
     let mut previous = None;
     for grant in grants.iter().filter(|g| g.granted_ms >= WARM_UP_MS) {
-        let other_waiting = grants.iter().any(|g| {
-            g.manager != grant.manager
-                && g.requested_ms + LINED_UP_MS <= grant.granted_ms
-                && g.granted_ms > grant.granted_ms
-        });
+        let other_waiting = waiting_since(grants, 1 - grant.manager, grant.granted_ms)
+            .is_some_and(|since| since + LINED_UP_MS <= grant.granted_ms);
         streak = match (other_waiting, previous == Some(grant.manager)) {
             (false, _) => 0,
             (true, true) => streak + 1,
