@@ -1,4 +1,4 @@
-//! Fairness across processes: lock-contender processes (src/bin/lock-contender) wait for the
+//! Fairness across processes: lock-contender processes (tests/tools/lock-contender.rs) wait for the
 //! same resources, and no process may take a resource again and again while a waiter in another
 //! process is kept waiting. Waiters in one process are served in turn by their manager; these
 //! tests check the turns between processes, which share nothing but the database.
@@ -18,13 +18,12 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_mongo_lock::{Acquire, Lock, LockConfig, LockError, Status, Unlock, UnlockOutcome};
-use support::contender::{Contender, ContenderRun, HoldLine};
+use support::contender::{line_starting, lines_of, Contender, ContenderRun, HoldLine};
 use support::history::History;
 use support::poll::eventually;
 use support::server::{manager, unique_name, uri};
@@ -213,39 +212,6 @@ fn two_processes_contending_for_one_resource_take_turns() {
     );
 }
 
-/// The lines a child prints, as they come.
-fn lines_of(child: &mut Child) -> mpsc::UnboundedReceiver<String> {
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (lines, receiver) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-/// The first line starting with `prefix` within `within`; panics naming `what` otherwise.
-async fn line_starting(
-    lines: &mut mpsc::UnboundedReceiver<String>,
-    prefix: &str,
-    within: Duration,
-    what: &str,
-) -> String {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, lines.recv()).await {
-            Ok(Some(line)) if line.starts_with(prefix) => return line,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("{what}: the process ended first"),
-            Err(_) => panic!("{what}: nothing within {within:?}"),
-        }
-    }
-}
-
 /// The configuration of the tests that kill a contender: its managers' leases (a minute) end
 /// no wait by themselves.
 fn minute_leases(name: &str) -> LockConfig {
@@ -288,6 +254,9 @@ fn kill_before_any_release(
 #[test]
 fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
     let _one = one_at_a_time();
+    // Built before any manager runs: a build blocks this thread, and with it every manager's
+    // timers (run alone, `cargo test --test fair_turns` has not built the examples).
+    support::contender::binary();
     let name = unique_name("killed_in_line");
     let config = minute_leases(&name);
     // One Acquire each, waiting up to a minute: only the holder's release can end B's and C's
@@ -369,6 +338,9 @@ fn a_waiter_killed_in_line_does_not_hold_up_the_next() {
 #[test]
 fn a_holder_killed_while_keeping_the_turn_holds_up_the_line_no_longer_than_its_lease() {
     let _one = one_at_a_time();
+    // Built before any manager runs: a build blocks this thread, and with it every manager's
+    // timers (run alone, `cargo test --test fair_turns` has not built the examples).
+    support::contender::binary();
     let name = unique_name("killed_keeper");
     let config = minute_leases(&name);
     // K: two workers, each holding for a minute on a lease of 8 s. Both wait in K while the

@@ -158,6 +158,71 @@ fn history_lower_fence_after_a_certain_earlier_grant_fails() {
     assert!(err.to_string().contains("fence 5 is not below 4"), "{err}");
 }
 
+/// A shared hold of `manager` on "r" with `fence`, granted at `from` ms and released at `to`.
+fn shared(h: &History, base: SystemTime, manager: &str, fence: i64, from: u64, to: u64) {
+    let id = h.granted_mode(
+        manager,
+        "r",
+        fence,
+        at(base, from - 5),
+        at(base, from),
+        at(base, 5_000),
+        true,
+    );
+    h.released(id, at(base, to), at(base, to + 2));
+}
+
+#[test]
+fn history_shared_holds_may_overlap_up_to_their_limit() {
+    let base = SystemTime::now();
+    let h = History::new().with_max_holders(2);
+    shared(&h, base, "m1", 1, 10, 100);
+    shared(&h, base, "m2", 2, 20, 110);
+    // Granted as the first ended: two at once, never three.
+    shared(&h, base, "m3", 3, 100, 200);
+    let summary = h.assert_ok();
+    assert_eq!(summary.holds, 3);
+}
+
+#[test]
+fn history_a_shared_hold_beside_an_exclusive_one_fails() {
+    let base = SystemTime::now();
+    let h = History::new();
+    shared(&h, base, "reader", 1, 10, 100);
+    let w = h.granted(
+        "writer",
+        "r",
+        2,
+        at(base, 40),
+        at(base, 50),
+        at(base, 5_000),
+    );
+    h.released(w, at(base, 150), at(base, 160));
+    let err = h.check().expect_err("a writer beside a reader must fail");
+    assert!(err.has(ViolationKind::Overlap), "{err}");
+    assert!(err.to_string().contains("shared=true"), "{err}");
+}
+
+#[test]
+fn history_more_shared_holds_than_the_limit_fail_and_name_the_one_over() {
+    let base = SystemTime::now();
+    let h = History::new().with_max_holders(2);
+    shared(&h, base, "m1", 1, 10, 100);
+    shared(&h, base, "m2", 2, 20, 100);
+    shared(&h, base, "m3", 3, 30, 100);
+    let err = h.check().expect_err("three at once, limit 2, must fail");
+    assert!(err.has(ViolationKind::TooManyHolders), "{err}");
+    assert_eq!(err.list.len(), 1, "{err}");
+    assert!(err.to_string().contains("hold #2"), "{err}");
+    assert!(!err.has(ViolationKind::Overlap), "{err}");
+    // Without a limit, any number of shared holds may overlap.
+    let unlimited = History::new();
+    for (fence, manager) in [(1, "m1"), (2, "m2"), (3, "m3")] {
+        shared(&unlimited, base, manager, fence, 10 + fence as u64, 100);
+    }
+    unlimited.assert_ok();
+}
+
 #[test]
 fn history_grants_with_overlapping_windows_only_need_distinct_fences() {
     // Two requests in flight at once. b's reply came first (fence 1, a lease that ran out at

@@ -4,13 +4,18 @@
 //! Each contender prints one `HOLD` line per hold it saw (see the binary's docs), a `REFUSED`
 //! line for each Acquire that ran out of time (and an `ASK` line before each Acquire if asked
 //! to: tests that need it read those lines themselves), and a last
-//! `DONE <process> <grants> <refusals>` line. [`ContenderRun::record`] feeds the holds into a
-//! [`History`], so holds seen by several processes are checked together.
+//! `DONE <process> <grants> <refusals>` line; with `--grant-lines 1`, a `GRANT` line at each
+//! grant too. [`ContenderRun::record`] feeds the holds into a [`History`], so holds seen by
+//! several processes are checked together, those of a killed process included.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
 
 use super::history::History;
 
@@ -111,6 +116,20 @@ pub struct HoldLine {
     pub released_ms: u64,
     /// `released`, `notheld` or `error`.
     pub outcome: String,
+    /// A shared hold (the line ended with `shared`).
+    pub shared: bool,
+}
+
+/// A grant as a contender printed it the moment it had it (`--grant-lines 1`).
+#[derive(Clone, Debug)]
+pub struct GrantLine {
+    pub process: String,
+    pub resource: String,
+    pub fence: i64,
+    pub requested_ms: u64,
+    pub granted_ms: u64,
+    pub lease_expires_ms: u64,
+    pub shared: bool,
 }
 
 /// An Acquire that ran out of time, as a contender printed it.
@@ -127,6 +146,8 @@ pub struct RefusedLine {
 pub struct ContenderRun {
     pub holds: Vec<HoldLine>,
     pub refused: Vec<RefusedLine>,
+    /// Every `GRANT` line (none without `--grant-lines 1`).
+    pub grants: Vec<GrantLine>,
     /// From the `DONE` line: grants and Acquires that ran out of retries.
     pub done: Option<(u64, u64)>,
     pub stderr: String,
@@ -147,8 +168,10 @@ impl ContenderRun {
             };
             match fields.first() {
                 Some(&"HOLD") => {
-                    let [_, process, resource, fence, requested, granted, expires, sent, replied, outcome] =
-                        fields[..]
+                    let shared = fields.len() == 11 && fields[10] == "shared";
+                    let hold = if shared { &fields[..10] } else { &fields[..] };
+                    let &[_, process, resource, fence, requested, granted, expires, sent, replied, outcome] =
+                        hold
                     else {
                         panic!("malformed HOLD line: {line}");
                     };
@@ -162,6 +185,27 @@ impl ContenderRun {
                         release_sent_ms: ms(sent),
                         released_ms: ms(replied),
                         outcome: outcome.to_owned(),
+                        shared,
+                    });
+                }
+                Some(&"GRANT") => {
+                    let [_, process, resource, fence, requested, granted, expires, mode] =
+                        fields[..]
+                    else {
+                        panic!("malformed GRANT line: {line}");
+                    };
+                    run.grants.push(GrantLine {
+                        process: process.to_owned(),
+                        resource: resource.to_owned(),
+                        fence: fence.parse().expect("fence"),
+                        requested_ms: ms(requested),
+                        granted_ms: ms(granted),
+                        lease_expires_ms: ms(expires),
+                        shared: match mode {
+                            "shared" => true,
+                            "exclusive" => false,
+                            _ => panic!("malformed GRANT line: {line}"),
+                        },
                     });
                 }
                 Some(&"REFUSED") => {
@@ -188,23 +232,98 @@ impl ContenderRun {
     }
 
     /// Records every hold in `history`: `released` as a release, anything else as lost when
-    /// its Unlock was sent (the holder stopped relying on the hold then).
+    /// its Unlock was sent (the holder stopped relying on the hold then). A grant with a
+    /// `GRANT` line and no `HOLD` line (its process was killed holding it) is recorded as held
+    /// until its lease could end.
     pub fn record(&self, history: &History) {
+        self.record_with_leases(history, &BTreeMap::new());
+    }
+
+    /// [`Self::record`], with the lease ends of unfinished grants (by resource and fence) as
+    /// the server stored them, where known: a takeover before one of them is then an overlap.
+    pub fn record_with_leases(
+        &self,
+        history: &History,
+        leases: &BTreeMap<(String, i64), SystemTime>,
+    ) {
         let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
         for h in &self.holds {
-            let id = history.granted(
+            let id = history.granted_mode(
                 &h.process,
                 &h.resource,
                 h.fence,
                 at(h.requested_ms),
                 at(h.granted_ms),
                 at(h.lease_expires_ms),
+                h.shared,
             );
             if h.outcome == "released" {
                 history.released(id, at(h.release_sent_ms), at(h.released_ms));
             } else {
                 history.lost(id, at(h.release_sent_ms));
             }
+        }
+        for g in self.unfinished() {
+            let lease_end = leases
+                .get(&(g.resource.clone(), g.fence))
+                .copied()
+                .unwrap_or_else(|| at(g.lease_expires_ms));
+            history.granted_mode(
+                &g.process,
+                &g.resource,
+                g.fence,
+                at(g.requested_ms),
+                at(g.granted_ms),
+                lease_end,
+                g.shared,
+            );
+        }
+    }
+
+    /// The grants with a `GRANT` line and no `HOLD` line: held when the process ended.
+    pub fn unfinished(&self) -> Vec<&GrantLine> {
+        let ended: BTreeSet<(&str, i64)> = self
+            .holds
+            .iter()
+            .map(|h| (h.resource.as_str(), h.fence))
+            .collect();
+        self.grants
+            .iter()
+            .filter(|g| !ended.contains(&(g.resource.as_str(), g.fence)))
+            .collect()
+    }
+}
+
+/// `child`'s stdout, line by line as it prints them (read on a thread of its own, so a child
+/// never blocks on a full pipe).
+pub fn lines_of(child: &mut Child) -> mpsc::UnboundedReceiver<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (lines, receiver) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// The first line starting with `prefix` within `within`; panics naming `what` otherwise.
+pub async fn line_starting(
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    prefix: &str,
+    within: Duration,
+    what: &str,
+) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some(line)) if line.starts_with(prefix) => return line,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{what}: the process ended first"),
+            Err(_) => panic!("{what}: nothing within {within:?}"),
         }
     }
 }

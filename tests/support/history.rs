@@ -46,6 +46,13 @@
 //!    manager increments the fence at every grant, this is exact, and it also catches two
 //!    overlapping holds granted out of fence order.
 //!
+//! 4. **Modes** ([`History::granted_mode`]): shared holds may overlap each other, so rule 1
+//!    applies only to pairs with an exclusive hold in them; and with a limit
+//!    ([`History::with_max_holders`]), more than that many shared holds of a resource certainly
+//!    held at one instant is a violation (`TooManyHolders`, naming the hold that made one too
+//!    many and one it overlapped). Rules 2 and 3 hold for every grant, shared ones too: each
+//!    grant raises the fence.
+//!
 //! The tolerance ([`History::with_tolerance`], default zero) only absorbs clock jitter, e.g.
 //! when lease expiries come from the server's clock rather than this process's.
 //!
@@ -76,6 +83,8 @@ pub struct HoldRecord {
     pub released_at: Option<SystemTime>,
     /// When the holder learnt the hold was lost (or sent an Unlock that changed nothing).
     pub lost_at: Option<SystemTime>,
+    /// A shared hold: it may overlap other shared holds.
+    pub shared: bool,
 }
 
 impl HoldRecord {
@@ -106,6 +115,7 @@ impl fmt::Display for HoldId {
 
 struct State {
     tolerance: Duration,
+    max_holders: Option<usize>,
     records: Vec<HoldRecord>,
 }
 
@@ -139,6 +149,7 @@ impl History {
             origin: SystemTime::now(),
             state: Arc::new(Mutex::new(State {
                 tolerance: Duration::ZERO,
+                max_holders: None,
                 records: Vec::new(),
             })),
         }
@@ -151,12 +162,19 @@ impl History {
         self
     }
 
+    /// Sets the most shared holds of one resource that may be certainly held at once (for
+    /// this history and all its clones); none by default.
+    pub fn with_max_holders(self, limit: usize) -> Self {
+        self.lock().max_holders = Some(limit);
+        self
+    }
+
     // A panic in one recording task must not hide the history from the final check.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a grant; see the module docs for what each time means.
+    /// Records an exclusive grant; see the module docs for what each time means.
     pub fn granted(
         &self,
         manager: &str,
@@ -165,6 +183,29 @@ impl History {
         requested_at: SystemTime,
         granted_at: SystemTime,
         lease_expires_at: SystemTime,
+    ) -> HoldId {
+        self.granted_mode(
+            manager,
+            resource,
+            fence,
+            requested_at,
+            granted_at,
+            lease_expires_at,
+            false,
+        )
+    }
+
+    /// Records a grant, shared if `shared` (rule 4), else exclusive.
+    #[allow(clippy::too_many_arguments)]
+    pub fn granted_mode(
+        &self,
+        manager: &str,
+        resource: &str,
+        fence: i64,
+        requested_at: SystemTime,
+        granted_at: SystemTime,
+        lease_expires_at: SystemTime,
+        shared: bool,
     ) -> HoldId {
         assert!(
             requested_at <= granted_at,
@@ -181,6 +222,7 @@ impl History {
             release_sent_at: None,
             released_at: None,
             lost_at: None,
+            shared,
         };
         tracing::trace!(?record, "history: granted");
         let mut state = self.lock();
@@ -242,9 +284,9 @@ impl History {
 
     /// Checks the rules in the module docs; returns every violation found.
     pub fn check(&self) -> Result<Summary, Violations> {
-        let (tolerance, records) = {
+        let (tolerance, max_holders, records) = {
             let state = self.lock();
-            (state.tolerance, state.records.clone())
+            (state.tolerance, state.max_holders, state.records.clone())
         };
         let mut by_resource: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
@@ -254,6 +296,9 @@ impl History {
         for holds in by_resource.values() {
             check_fences(&records, holds, tolerance, &mut found);
             check_overlaps(&records, holds, tolerance, &mut found);
+            if let Some(limit) = max_holders {
+                check_holders(&records, holds, tolerance, limit, &mut found);
+            }
         }
         if !found.is_empty() {
             let list = found
@@ -358,10 +403,38 @@ fn check_overlaps(
             if start >= a_end {
                 break;
             }
-            if start < records[b].certain_end() {
+            let both_shared = records[a].shared && records[b].shared;
+            if start < records[b].certain_end() && !both_shared {
                 found.push((ViolationKind::Overlap, a, b));
             }
         }
+    }
+}
+
+/// Rule 4's limit: at no instant more than `limit` shared holds certainly held. Sweeps the
+/// shared holds in grant order, keeping those still certainly held (by more than the
+/// tolerance) at each grant.
+fn check_holders(
+    records: &[HoldRecord],
+    holds: &[usize],
+    tolerance: Duration,
+    limit: usize,
+    found: &mut Vec<(ViolationKind, usize, usize)>,
+) {
+    let mut by_grant: Vec<usize> = holds
+        .iter()
+        .copied()
+        .filter(|&i| records[i].shared)
+        .collect();
+    by_grant.sort_by_key(|&i| (records[i].granted_at, i));
+    let mut live: Vec<usize> = Vec::new();
+    for &b in &by_grant {
+        let start = records[b].granted_at + tolerance;
+        live.retain(|&a| records[a].certain_end() > start);
+        if start < records[b].certain_end() && live.len() >= limit {
+            found.push((ViolationKind::TooManyHolders, live[0], b));
+        }
+        live.push(b);
     }
 }
 
@@ -388,6 +461,9 @@ pub enum ViolationKind {
     DuplicateFence,
     /// `first` was certainly granted before `second` but has a higher fence.
     FenceOrder,
+    /// `second` made one shared hold more than the limit certainly held at once, `first`
+    /// among them.
+    TooManyHolders,
 }
 
 /// One offending pair of holds of the same resource.
@@ -447,11 +523,12 @@ fn write_record(
 ) -> fmt::Result {
     writeln!(
         f,
-        "    hold {id}: manager={:?} resource={:?} fence={} requested_at={} granted_at={} \
+        "    hold {id}: manager={:?} resource={:?} shared={} fence={} requested_at={} granted_at={} \
          lease_expires_at={} release_sent_at={} released_at={} lost_at={} \
          => certainly held [{}, {})",
         r.manager,
         r.resource,
+        r.shared,
         r.fence,
         Rel(r.requested_at, origin),
         Rel(r.granted_at, origin),
@@ -492,6 +569,12 @@ impl fmt::Display for Violations {
                 ViolationKind::DuplicateFence => format!(
                     "holds {a} and {b} of {:?} have the same fence {}",
                     ra.resource, ra.fence
+                ),
+                ViolationKind::TooManyHolders => format!(
+                    "hold {b} of {:?} was the shared hold one over the limit, beside {a} and \
+                     others, from {}",
+                    rb.resource,
+                    Rel(rb.granted_at, self.origin),
                 ),
                 ViolationKind::FenceOrder => format!(
                     "hold {a} of {:?} was granted before {b} was requested, \

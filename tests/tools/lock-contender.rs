@@ -19,11 +19,17 @@
 //! waiting when (fairness); with `--ask-lines 1` it also prints
 //! `ASK <process> <resource> <requested_ms>` before each Acquire, so a test knows a worker is
 //! waiting (off by default: a reader that drains the output late must not see it fill sooner).
+//! With `--readers N`, the first N workers take shared holds (`Acquire::shared`, at most
+//! `--max-holders` at once when given) and their `HOLD` lines end with one more field,
+//! `shared`. With `--grant-lines 1` every worker prints, as soon as it is granted,
+//! `GRANT <process> <resource> <fence> <requested_ms> <granted_ms> <lease_expires_ms> <exclusive|shared>`,
+//! so a checker knows of the holds a killed process never got to print a `HOLD` line for.
 
 //!
 //! ```text
 //! lock-contender --name soak --process p1 --workers 8 --resources 4 --seconds 10 [--ttl-ms 2000] [--hold-ms 5]
 //!                [--timeout-ms N] [--requests N] [--ask-lines 0|1]
+//!                [--readers N] [--max-holders N] [--grant-lines 0|1]
 //! ```
 //! `--timeout-ms` is each Acquire's deadline (by default the configured retry budget, 2.5 s);
 //! `--requests` stops each worker after that many Acquires (by default only `--seconds` does).
@@ -33,14 +39,17 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix_mongo_lock::{Acquire, Close, LockConfig, LockError, LockManager, Unlock, UnlockOutcome};
+use actix_mongo_lock::{
+    Acquire, Close, HoldMode, LockConfig, LockError, LockManager, Unlock, UnlockOutcome,
+};
 
 #[path = "../../examples/support/flags.rs"]
 mod flags;
 
 const USAGE: &str = "usage: lock-contender [--name FAMILY] [--process NAME] [--workers N] \
                      [--resources N] [--seconds N] [--ttl-ms N] [--hold-ms N] \
-                     [--timeout-ms N] [--requests N] [--ask-lines 0|1]";
+                     [--timeout-ms N] [--requests N] [--ask-lines 0|1] \
+                     [--readers N] [--max-holders N] [--grant-lines 0|1]";
 
 struct Args {
     name: String,
@@ -55,6 +64,11 @@ struct Args {
     /// 0: no limit but `seconds`.
     requests: u64,
     ask_lines: bool,
+    /// How many of the workers take shared holds.
+    readers: usize,
+    /// 0: no limit on shared holders.
+    max_holders: u32,
+    grant_lines: bool,
 }
 
 fn parse_args() -> Args {
@@ -74,6 +88,10 @@ fn parse_args() -> Args {
             timeout_ms: flags.number("--timeout-ms", 0)?,
             requests: flags.number("--requests", 0)?,
             ask_lines: flags.number("--ask-lines", 0)? == 1,
+            readers: flags.number("--readers", 0)? as usize,
+            max_holders: u32::try_from(flags.number("--max-holders", 0)?)
+                .map_err(|_| "--max-holders is too large".to_owned())?,
+            grant_lines: flags.number("--grant-lines", 0)? == 1,
         })
     })
 }
@@ -85,6 +103,14 @@ fn unix_ms(t: SystemTime) -> u128 {
 #[actix_rt::main]
 async fn main() {
     let args = parse_args();
+    // With RUST_LOG set, the library's logs go to stderr (for debugging a test's run).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let Ok(uri) = std::env::var("MONGODB_URI") else {
         eprintln!("lock-contender: MONGODB_URI is not set");
         std::process::exit(2);
@@ -108,14 +134,27 @@ async fn main() {
         let manager = manager.clone();
         let process = args.process.clone();
         let (grants, refusals) = (Rc::clone(&grants), Rc::clone(&refusals));
-        let (resources, hold, ttl, timeout, requests, ask_lines) = (
+        let (resources, hold, ttl, timeout, requests, ask_lines, grant_lines) = (
             args.resources,
             Duration::from_millis(args.hold_ms),
             Duration::from_millis(args.ttl_ms),
             Duration::from_millis(args.timeout_ms),
             args.requests,
             args.ask_lines,
+            args.grant_lines,
         );
+        let mode = if worker < args.readers {
+            HoldMode::Shared {
+                max_holders: (args.max_holders > 0).then_some(args.max_holders),
+            }
+        } else {
+            HoldMode::Exclusive
+        };
+        let (mode_name, hold_suffix) = if worker < args.readers {
+            ("shared", " shared")
+        } else {
+            ("exclusive", "")
+        };
         workers.push(actix_rt::spawn(async move {
             let mut turn = worker;
             let mut asked = 0;
@@ -127,7 +166,7 @@ async fn main() {
                 if ask_lines {
                     println!("ASK {process} {resource} {}", unix_ms(requested));
                 }
-                let mut acquire = Acquire::new(&resource);
+                let mut acquire = Acquire::new(&resource).with_mode(mode);
                 if !timeout.is_zero() {
                     acquire = acquire.timeout(timeout);
                 }
@@ -155,6 +194,15 @@ async fn main() {
                 };
                 let granted = SystemTime::now();
                 grants.set(grants.get() + 1);
+                if grant_lines {
+                    println!(
+                        "GRANT {process} {resource} {} {} {} {} {mode_name}",
+                        grant.fence,
+                        unix_ms(requested),
+                        unix_ms(granted),
+                        unix_ms(requested + ttl),
+                    );
+                }
                 actix_rt::time::sleep(hold).await;
                 let release_sent = SystemTime::now();
                 let outcome = match manager.send(Unlock::new(grant.lock_id)).await {
@@ -165,7 +213,7 @@ async fn main() {
                 };
                 let released = SystemTime::now();
                 println!(
-                    "HOLD {process} {resource} {} {} {} {} {} {} {outcome}",
+                    "HOLD {process} {resource} {} {} {} {} {} {} {outcome}{hold_suffix}",
                     grant.fence,
                     unix_ms(requested),
                     unix_ms(granted),
