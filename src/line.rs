@@ -271,6 +271,24 @@ pub(crate) fn after_grant(
     }
 }
 
+/// Whether `me`, whose queue's head waits for a shared hold and was just refused, takes a
+/// place in the line of waiting managers now: `exclusive_behind` exclusive waiters wait
+/// behind that head here, and `me` has no place (as last `seen`). A shared waiter takes no
+/// place for itself: a manager of readers alone would keep a turn while its readers keep
+/// coming, and hold every writer elsewhere off. But the exclusive waiters behind it would line
+/// up only once it is granted, and while another manager's readers keep the resource (each
+/// release there hands a permit to its own next reader at once), that may be never: the
+/// manager takes its place for them, and its turn (writer priority) lets its shared head be
+/// granted, then them.
+pub(crate) fn shared_head_lines_up(
+    me: &str,
+    seen: Option<&LineView>,
+    exclusive_behind: usize,
+    now: SystemTime,
+) -> bool {
+    exclusive_behind > 0 && seen.is_none_or(|view| !view.has_place_of(me, now))
+}
+
 /// After `me` took a place at the end of a line while it holds the resource or not
 /// (`holds_it`), which the answer showed as `view`: the turn to give if the turn is nobody's.
 /// The line-up may land after another manager's grant, which then found nobody in line and
@@ -1153,6 +1171,66 @@ mod tests {
         );
         assert_eq!(turn_until(at(0), Some(at(30))), at(35));
         assert_eq!(turn_until(at(0), Some(at(3600))), at(65));
+    }
+
+    #[test]
+    fn a_refused_shared_head_lines_up_only_for_exclusive_waiters_behind_it_and_only_once() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let live = Turn {
+            manager: "me".to_owned(),
+            until: now + Duration::from_secs(5),
+            next: None,
+        };
+        let in_line = LineView {
+            line: vec!["other".to_owned(), "me".to_owned()],
+            ..LineView::default()
+        };
+        let my_turn = LineView {
+            turn: Some(live.clone()),
+            ..LineView::default()
+        };
+        let lapsed_turn = LineView {
+            turn: Some(Turn {
+                until: now - Duration::from_secs(1),
+                ..live
+            }),
+            ..LineView::default()
+        };
+        let elsewhere = LineView {
+            line: vec!["other".to_owned()],
+            ..LineView::default()
+        };
+        let cases: [(&str, Option<&LineView>, usize, bool); 7] = [
+            ("readers alone take no place", None, 0, false),
+            (
+                "readers alone, a line elsewhere",
+                Some(&elsewhere),
+                0,
+                false,
+            ),
+            ("a writer behind, never seen", None, 1, true),
+            ("a writer behind, others in line", Some(&elsewhere), 2, true),
+            ("a writer behind, in line already", Some(&in_line), 1, false),
+            (
+                "a writer behind, the turn is mine",
+                Some(&my_turn),
+                1,
+                false,
+            ),
+            (
+                "a writer behind, my turn lapsed",
+                Some(&lapsed_turn),
+                1,
+                true,
+            ),
+        ];
+        for (case, seen, behind, expected) in cases {
+            assert_eq!(
+                shared_head_lines_up("me", seen, behind, now),
+                expected,
+                "{case}"
+            );
+        }
     }
 
     #[test]

@@ -230,10 +230,11 @@ impl Core {
     }
 
     /// [`Core::acquire_adaptive`]'s loop for a shared hold, with `place` in the queue. A
-    /// shared waiter takes no place in the line of waiting managers (that line is of exclusive
-    /// waiters, and a shared grant yields to it): the head tries, and after a refusal pauses
-    /// as [`Backoff`] says (from a tenth of `acquire_period` to `acquire_period`, with jitter),
-    /// or until a hold here ends.
+    /// shared waiter takes no place in the line of waiting managers for itself (that line is of
+    /// exclusive waiters, and a shared grant yields to it), only for exclusive waiters behind it
+    /// here ([`line::shared_head_lines_up`]): the head tries, and after a refusal pauses as
+    /// [`Backoff`] says (from a tenth of `acquire_period` to `acquire_period`, with jitter), or
+    /// until a hold here ends.
     async fn wait_shared(
         self: &Rc<Self>,
         wait: &Wait<'_>,
@@ -247,6 +248,26 @@ impl Core {
             }
             if let Some(grant) = self.attempt_tolerant(wait).await? {
                 return Ok(grant);
+            }
+            let view = self.lines.view(&wait.resource);
+            let behind = self.waiters.count(&wait.resource);
+            let me = self.lines.manager();
+            if line::shared_head_lines_up(me, view.as_ref(), behind, self.clock.now()) {
+                // For the exclusive waiters behind this head, cut off at the deadline as every
+                // look is; a failure costs only the order.
+                let joined = tokio::time::timeout_at(
+                    wait.deadline.into(),
+                    self.look(&wait.resource, Look::Join),
+                )
+                .await
+                .map_err(|_| WaitEnd::OutOfTime)?;
+                self.waiters.record_contact(
+                    &wait.resource,
+                    joined.as_ref().err().map(ToString::to_string),
+                );
+                if let Err(e) = joined {
+                    tracing::debug!(error = %e, "could not line up for the writers behind");
+                }
             }
             let pause = backoff.next_pause(jitter());
             if !matches!(self.pause(pause, Some(place), wait).await?, Woken::Timer) {
