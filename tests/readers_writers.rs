@@ -46,8 +46,8 @@ const KILLS_AT: [Duration; 2] = [Duration::from_secs(8), Duration::from_secs(14)
 /// least this often (docs/guide.md, "Shared holds and semaphores").
 const SAFETY_PROBE: Duration = Duration::from_secs(1);
 /// How long a manager killed while the turn in the line is its own holds the line up after
-/// the resource is free (docs/guide.md, "How waiting works across processes"): a killed
-/// process that had a writer waiting may have had the turn.
+/// the leases live at its turn's last renewal end (docs/guide.md, "How waiting works across
+/// processes"): a killed process that had a writer waiting may have had the turn.
 const KILLED_TURN: Duration = Duration::from_secs(5);
 
 /// A running contender: its stdout as it comes (and what was read of it), its stderr read on
@@ -256,9 +256,9 @@ fn eight_readers_and_two_writers_in_two_processes_keep_the_mode_rules_through_ki
             .map(|run| run.stderr.matches("acquire failed").count())
             .sum();
 
-        // Every kill landed on a hold, and its permits came back within the lease and one
-        // safety probe (5 s more if the killed manager had the turn): a writer, who needs
-        // every permit back, was granted by then.
+        // Every kill landed on a hold, and its permits came back: a writer, who needs every
+        // permit back, was granted within the longest lease, the 5 s a killed manager's turn
+        // holds the line up, and one safety probe, from the kill.
         let mut after_lease_ends = Vec::new();
         for (k, (killed, run)) in kills.iter().enumerate() {
             let unfinished = run.unfinished();
@@ -282,14 +282,16 @@ fn eight_readers_and_two_writers_in_two_processes_keep_the_mode_rules_through_ki
                 .map(|g| g.granted_ms)
                 .min()
                 .expect("a writer was granted after the kill");
-            let margin = Duration::from_secs(1);
-            let bound = lease_end + (KILLED_TURN + SAFETY_PROBE + margin).as_millis() as u64;
+            // The killed manager may have had the turn, last renewed just before the kill to
+            // cover every lease then live (TTL at most) and 5 s more; then one safety probe.
+            let margin = Duration::from_secs(3);
+            let bound = killed_ms + (TTL + KILLED_TURN + SAFETY_PROBE + margin).as_millis() as u64;
             let late = writer as i64 - lease_end as i64;
             after_lease_ends.push(late);
             eprintln!(
                 "kill {k}: {} hold(s) held at the kill ({}); the next writer granted {} ms after \
-                 the kill, {late} ms after the last of their leases ended, as stored (bound: \
-                 {KILLED_TURN:?} + {SAFETY_PROBE:?} + {margin:?} margin)",
+                 the kill, {late} ms after the last of their leases ended, as stored (bound: the \
+                 kill + {TTL:?} + {KILLED_TURN:?} + {SAFETY_PROBE:?} + {margin:?} margin)",
                 unfinished.len(),
                 unfinished
                     .iter()
