@@ -270,6 +270,8 @@ struct FleetHold {
     /// `Some` when the release was confirmed (Go's Unlock returns nothing: it retries errors,
     /// so its return is taken as the release), `None` for a Rust Unlock that changed nothing.
     released: Option<SystemTime>,
+    /// A shared hold (Go's `SLock`, Rust's `Acquire::shared`).
+    shared: bool,
 }
 
 /// What one `dplock-peer contend` printed.
@@ -292,8 +294,10 @@ fn parse_go_run(stdout: &str) -> GoRun {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.first() {
             Some(&"DPLOCK-HOLD") => {
-                let [_, process, resource, lock_id, requested, granted, expires, sent, released] =
-                    fields[..]
+                let shared = fields.len() == 10 && fields[9] == "shared";
+                let hold = if shared { &fields[..9] } else { &fields[..] };
+                let &[_, process, resource, lock_id, requested, granted, expires, sent, released] =
+                    hold
                 else {
                     panic!("malformed DPLOCK-HOLD line: {line}");
                 };
@@ -306,6 +310,7 @@ fn parse_go_run(stdout: &str) -> GoRun {
                         lease_expires: at_ms(expires),
                         release_sent: at_ms(sent),
                         released: Some(at_ms(released)),
+                        shared,
                     },
                     lock_id.to_owned(),
                 ));
@@ -329,6 +334,94 @@ fn parse_go_run(stdout: &str) -> GoRun {
     run
 }
 
+/// Starts `dplock-peer contend` for `family` as `process` for `seconds`, with `more` flags.
+fn go_contender(family: &str, process: &str, seconds: u64, more: &[&str]) -> std::process::Child {
+    std::process::Command::new(peer_binary())
+        .args(["contend", "--family", family, "--process", process])
+        .args(["--seconds", &seconds.to_string()])
+        .args(more)
+        .env("MONGODB_URI", uri())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dplock-peer contend")
+}
+
+/// Waits for a Go contender to end, and parses what it printed; panics if it failed.
+async fn go_run_of(child: std::process::Child) -> GoRun {
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait for a Go contender");
+    assert!(
+        output.status.success(),
+        "a Go contender failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_go_run(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Waits for a Rust contender to end, and parses what it printed; panics if it failed.
+async fn rust_run_of(child: std::process::Child) -> ContenderRun {
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait for a Rust contender");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "a Rust contender failed: {}\n{stderr}",
+        output.status
+    );
+    ContenderRun::parse(&String::from_utf8_lossy(&output.stdout), &stderr)
+}
+
+/// A Rust contender's holds as fleet holds.
+fn rust_fleet_holds(run: &ContenderRun) -> Vec<FleetHold> {
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    run.holds
+        .iter()
+        .map(|h| FleetHold {
+            process: h.process.clone(),
+            resource: h.resource.clone(),
+            requested: at(h.requested_ms),
+            granted: at(h.granted_ms),
+            lease_expires: at(h.lease_expires_ms),
+            release_sent: at(h.release_sent_ms),
+            released: (h.outcome == "released").then(|| at(h.released_ms)),
+            shared: h.shared,
+        })
+        .collect()
+}
+
+/// `history` with every hold of `fleet` (sorted by resource and grant) in it, each with a
+/// stand-in fence in grant order per resource: dplock writes no fence, so the fence rules hold
+/// by construction and the mode rules (overlaps, holders over a limit) decide.
+fn cross_language_history(fleet: &mut [FleetHold], history: History) -> History {
+    fleet.sort_by_key(|h| (h.resource.clone(), h.granted));
+    let mut rank: BTreeMap<String, i64> = BTreeMap::new();
+    for h in fleet.iter() {
+        let fence = rank.entry(h.resource.clone()).or_default();
+        *fence += 1;
+        let id = history.granted_mode(
+            &h.process,
+            &h.resource,
+            *fence,
+            h.requested,
+            h.granted,
+            h.lease_expires,
+            h.shared,
+        );
+        match h.released {
+            Some(released) => history.released(id, h.release_sent, released),
+            None => history.lost(id, h.release_sent),
+        }
+    }
+    history
+}
+
 /// Two Go processes (dplock, 4 goroutines each) and two Rust processes (`lock-contender`, 4
 /// workers each) take turns on 3 resources of one lock family for 20 s. The history checker
 /// proves that no two holds of a resource overlapped, whoever held them.
@@ -349,20 +442,17 @@ async fn two_go_and_two_rust_processes_never_hold_a_resource_at_once() {
     let config = LockConfig::new(&family).database("actix_mongo_lock_tests");
     drop(manager(&config).await);
 
-    let mut go_children = Vec::new();
-    for process in go_names {
-        let child = std::process::Command::new(peer_binary())
-            .args(["contend", "--family", &family, "--process", process])
-            .args(["--workers", "4", "--resources", "3", "--hold-ms", "5"])
-            .args(["--seconds", &seconds.to_string()])
-            .env("MONGODB_URI", uri())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dplock-peer contend");
-        go_children.push(child);
-    }
+    let go_children: Vec<_> = go_names
+        .iter()
+        .map(|process| {
+            go_contender(
+                &family,
+                process,
+                seconds,
+                &["--workers", "4", "--resources", "3", "--hold-ms", "5"],
+            )
+        })
+        .collect();
     let mut rust_children = Vec::new();
     for process in rust_names {
         let contender = Contender {
@@ -377,32 +467,13 @@ async fn two_go_and_two_rust_processes_never_hold_a_resource_at_once() {
         rust_children.push(contender.spawn(&uri()));
     }
 
-    let wait = |child: std::process::Child| {
-        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait for a contender"))
-    };
     let mut go_runs = Vec::new();
     for child in go_children {
-        let output = wait(child).await.expect("join");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "a Go contender failed: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        go_runs.push(parse_go_run(&stdout));
+        go_runs.push(go_run_of(child).await);
     }
     let mut rust_runs = Vec::new();
     for child in rust_children {
-        let output = wait(child).await.expect("join");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(
-            output.status.success(),
-            "a Rust contender failed: {}\n{stderr}",
-            output.status
-        );
-        rust_runs.push(ContenderRun::parse(&stdout, &stderr));
+        rust_runs.push(rust_run_of(child).await);
     }
 
     // Every hold is counted: each process printed one line per grant it reported.
@@ -432,43 +503,13 @@ async fn two_go_and_two_rust_processes_never_hold_a_resource_at_once() {
         }
     }
     let go_holds = fleet.len();
-    for run in &rust_runs {
-        for h in &run.holds {
-            let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
-            fleet.push(FleetHold {
-                process: h.process.clone(),
-                resource: h.resource.clone(),
-                requested: at(h.requested_ms),
-                granted: at(h.granted_ms),
-                lease_expires: at(h.lease_expires_ms),
-                release_sent: at(h.release_sent_ms),
-                released: (h.outcome == "released").then(|| at(h.released_ms)),
-            });
-        }
-    }
+    rust_runs
+        .iter()
+        .for_each(|run| fleet.extend(rust_fleet_holds(run)));
     let rust_holds = fleet.len() - go_holds;
 
     // Across languages: stand-in fences in grant order per resource; the overlap rule decides.
-    fleet.sort_by_key(|h| (h.resource.clone(), h.granted));
-    let history = History::new();
-    let mut rank: BTreeMap<String, i64> = BTreeMap::new();
-    for h in &fleet {
-        let fence = rank.entry(h.resource.clone()).or_default();
-        *fence += 1;
-        let id = history.granted(
-            &h.process,
-            &h.resource,
-            *fence,
-            h.requested,
-            h.granted,
-            h.lease_expires,
-        );
-        match h.released {
-            Some(released) => history.released(id, h.release_sent, released),
-            None => history.lost(id, h.release_sent),
-        }
-    }
-    let summary = history.check();
+    let summary = cross_language_history(&mut fleet, History::new()).check();
 
     // Rust alone: real fences, strictly rising in grant order.
     let rust_history = History::new();
@@ -512,6 +553,100 @@ async fn two_go_and_two_rust_processes_never_hold_a_resource_at_once() {
             exclusive.get_bool("acquired"),
             Ok(false),
             "left held: {document}"
+        );
+    }
+}
+
+/// Readers and writers of both languages on one resource for 15 s: a Go process (2 goroutines
+/// taking square/mongo-lock's `SLock`, at most 3 holders, and 1 taking dplock's exclusive
+/// `Acquire`) and a Rust process (`lock-contender`: 2 workers taking
+/// `Acquire::shared(..).max_holders(3)` and 1 taking `Acquire`). One history of every hold, with
+/// the mode rules: no exclusive hold beside any other hold and never more than 3 shared holders
+/// at once, whichever side held them.
+#[actix_rt::test]
+async fn go_and_rust_readers_and_writers_keep_the_mode_rules_on_one_resource() {
+    assert_fair_server();
+    let family = unique_name("fleet_modes");
+    let seconds = 15;
+    let config = LockConfig::new(&family).database("actix_mongo_lock_tests");
+    drop(manager(&config).await);
+    let go = go_contender(
+        &family,
+        "go",
+        seconds,
+        &[
+            "--workers",
+            "3",
+            "--resources",
+            "1",
+            "--hold-ms",
+            "20",
+            "--readers",
+            "2",
+            "--max-holders",
+            "3",
+        ],
+    );
+    let rust = Contender {
+        name: family.clone(),
+        process: "rust".to_owned(),
+        workers: 3,
+        resources: 1,
+        seconds,
+        ttl_ms: DPLOCK_TTL.as_millis() as u64,
+        hold_ms: 20,
+    }
+    .spawn_with(
+        &uri(),
+        &[
+            ("--readers", "2"),
+            ("--max-holders", "3"),
+            ("--timeout-ms", "20000"),
+        ],
+    );
+    let go_run = go_run_of(go).await;
+    let rust_run = rust_run_of(rust).await;
+    assert_eq!(go_run.failures, 0, "dplock calls failed");
+    let mut fleet: Vec<FleetHold> = go_run.holds.iter().map(|(h, _)| h.clone()).collect();
+    fleet.extend(rust_fleet_holds(&rust_run));
+    let count = |process: &str, shared: bool| {
+        fleet
+            .iter()
+            .filter(|h| h.process == process && h.shared == shared)
+            .count()
+    };
+    let [go_shared, go_exclusive, rust_shared, rust_exclusive] =
+        [("go", true), ("go", false), ("rust", true), ("rust", false)].map(|(p, s)| count(p, s));
+    let checked = cross_language_history(&mut fleet, History::new().with_max_holders(3)).check();
+    println!(
+        "mixed modes, {seconds} s, 1 resource, at most 3 shared holders: Go SLock {go_shared}, \
+         Go exclusive {go_exclusive} (refusals {}), Rust shared {rust_shared}, Rust exclusive \
+         {rust_exclusive}; violations of the mode rules: {}",
+        go_run.refusals,
+        checked.as_ref().map_or_else(|v| v.list.len(), |_| 0),
+    );
+    if let Err(violations) = checked {
+        panic!("the mode rules broke across languages:\n{violations}");
+    }
+    assert!(
+        go_shared > 0 && rust_shared > 0,
+        "a side's readers never held: Go {go_shared}, Rust {rust_shared}"
+    );
+    assert!(
+        go_exclusive + rust_exclusive > 0,
+        "no writer ever held: the mode rules were not put to the test"
+    );
+    for document in snapshot(&config).await {
+        let exclusive = document.get_document("exclusive").expect("exclusive");
+        assert_eq!(
+            exclusive.get_bool("acquired"),
+            Ok(false),
+            "left held: {document}"
+        );
+        assert_eq!(
+            stored_shared(&document).1,
+            0,
+            "shared holds left: {document}"
         );
     }
 }

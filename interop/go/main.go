@@ -7,6 +7,7 @@
 // replicaSet if the URI names one); the database is --database.
 //
 //	dplock-peer contend --family F --process P [--workers 4 --resources 3 --seconds 20 --hold-ms 5 --lock]
+//	                    [--readers N --max-holders M]
 //	dplock-peer serve   --family F [--fixed-time-id N]
 //	dplock-peer bench   --family F --measure uncontended|takers|throughput (see bench.go)
 //
@@ -14,6 +15,10 @@
 // with --lock), hold each for --hold-ms, Unlock, and print one line per hold:
 //
 //	DPLOCK-HOLD <process> <resource> <lockID> <requested_ms> <granted_ms> <lease_expires_ms> <release_sent_ms> <released_ms>
+//
+// With --readers N, the first N workers take square/mongo-lock's shared SLock instead (at most
+// --max-holders M holders, M < 0 for no limit), trying again every 10 ms until granted or the
+// time is up, and their DPLOCK-HOLD lines end with one more field, `shared`.
 //
 // then `DPLOCK-DONE <process> <grants> <refusals> <errors>`. Times are Unix milliseconds on this
 // process's clock; the lease end is the request time plus dplock.TTL, the earliest instant the
@@ -132,6 +137,8 @@ func contend(args []string) error {
 	seconds := flags.Float64("seconds", 20, "how long to contend")
 	holdMs := flags.Int("hold-ms", 5, "how long each hold lasts")
 	useLock := flags.Bool("lock", false, "one Lock attempt per turn instead of Acquire")
+	readers := flags.Int("readers", 0, "how many of the workers take shared holds (SLock)")
+	maxHolders := flags.Int("max-holders", -1, "the readers' limit on shared holders (< 0: none)")
 	flags.Parse(args)
 	if *family == "" || *workers < 1 || *resources < 1 {
 		return errors.New("contend needs --family, --workers >= 1 and --resources >= 1")
@@ -142,6 +149,10 @@ func contend(args []string) error {
 		return err
 	}
 	lck := dplock.New(ctx, conn, *family)
+	client, ok := lck.Client.(*lock.Client)
+	if *readers > 0 && !ok {
+		return errors.New("dplock's client is not square/mongo-lock's")
+	}
 	out := newOutput(os.Stdout)
 	deadline := time.Now().Add(time.Duration(*seconds * float64(time.Second)))
 	var grants, refusals, failures int64
@@ -151,13 +162,22 @@ func contend(args []string) error {
 		wg.Add(1)
 		go func(turn int) {
 			defer wg.Done()
+			shared := turn < *readers
+			suffix := ""
+			if shared {
+				suffix = " shared"
+			}
 			for time.Now().Before(deadline) {
 				resource := fmt.Sprintf("r%d", turn%*resources)
 				turn++
 				requested := time.Now()
 				var lockID string
 				var err error
-				if *useLock {
+				if shared {
+					lockID, err = slockUntil(ctx, client, fmt.Sprintf("%s-%s", *family, resource),
+						fmt.Sprintf("%s-%s-s%d", *family, resource, time.Now().UnixNano()),
+						*maxHolders, deadline)
+				} else if *useLock {
 					lockID, err = lck.Lock(ctx, resource)
 				} else {
 					lockID, err = lck.Acquire(ctx, resource)
@@ -184,9 +204,9 @@ func contend(args []string) error {
 				sent := time.Now()
 				lck.Unlock(ctx, lockID)
 				released := time.Now()
-				out.line("DPLOCK-HOLD %s %s %s %d %d %d %d %d", *process, resource, lockID,
+				out.line("DPLOCK-HOLD %s %s %s %d %d %d %d %d%s", *process, resource, lockID,
 					unixMs(requested), unixMs(granted), unixMs(requested.Add(dplock.TTL*time.Second)),
-					unixMs(sent), unixMs(released))
+					unixMs(sent), unixMs(released), suffix)
 			}
 		}(w)
 	}
@@ -195,6 +215,19 @@ func contend(args []string) error {
 	out.line("DPLOCK-DONE %s %d %d %d", *process, grants, refusals, failures)
 	out.flush()
 	return conn.Close(ctx)
+}
+
+// slockUntil takes square/mongo-lock's shared SLock of resource as lockID (at most limit
+// holders; < 0 for none), trying again every 10 ms while it is refused, until deadline; then it
+// answers lock.ErrAlreadyLocked.
+func slockUntil(ctx context.Context, client *lock.Client, resource, lockID string, limit int, deadline time.Time) (string, error) {
+	for {
+		err := client.SLock(ctx, resource, lockID, lock.LockDetails{TTL: dplock.TTL}, limit)
+		if err == nil || !errors.Is(err, lock.ErrAlreadyLocked) || !time.Now().Before(deadline) {
+			return lockID, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func serve(args []string) error {
