@@ -334,6 +334,24 @@ fn parse_go_run(stdout: &str) -> GoRun {
     run
 }
 
+/// No hold of `config`'s family is left: no exclusive hold, no shared one.
+async fn assert_nothing_held(config: &LockConfig) {
+    for document in snapshot(config).await {
+        let exclusive = document.get_document("exclusive").expect("exclusive");
+        assert_eq!(
+            exclusive.get_bool("acquired"),
+            Ok(false),
+            "left held: {document}"
+        );
+        let shared = document.get_document("shared").ok();
+        let count = shared.and_then(|shared| shared.get("count").cloned());
+        assert!(
+            count.is_none() || stored_shared(&document).1 == 0,
+            "shared holds left: {document}"
+        );
+    }
+}
+
 /// Starts `dplock-peer contend` for `family` as `process` for `seconds`, with `more` flags.
 fn go_contender(family: &str, process: &str, seconds: u64, more: &[&str]) -> std::process::Child {
     std::process::Command::new(peer_binary())
@@ -551,14 +569,7 @@ async fn two_go_and_two_rust_processes_never_hold_a_resource_at_once() {
     }
 
     // Everything was released: no hold is left in the collection.
-    for document in snapshot(&config).await {
-        let exclusive = document.get_document("exclusive").expect("exclusive");
-        assert_eq!(
-            exclusive.get_bool("acquired"),
-            Ok(false),
-            "left held: {document}"
-        );
-    }
+    assert_nothing_held(&config).await;
 }
 
 /// Readers and writers of both languages on one resource for 15 s: a Go process (2 goroutines
@@ -640,19 +651,7 @@ async fn go_and_rust_readers_and_writers_keep_the_mode_rules_on_one_resource() {
         go_exclusive + rust_exclusive > 0,
         "no writer ever held: the mode rules were not put to the test"
     );
-    for document in snapshot(&config).await {
-        let exclusive = document.get_document("exclusive").expect("exclusive");
-        assert_eq!(
-            exclusive.get_bool("acquired"),
-            Ok(false),
-            "left held: {document}"
-        );
-        assert_eq!(
-            stored_shared(&document).1,
-            0,
-            "shared holds left: {document}"
-        );
-    }
+    assert_nothing_held(&config).await;
 }
 
 // ---------------------------------------------------------------------------------------------
