@@ -262,6 +262,37 @@ async fn an_exclusive_waiter_is_granted_once_a_dead_shared_holders_lease_ends() 
     assert_eq!(shared_count(&document), 0);
 }
 
+/// A one-shot `Lock` is not refused by a permit whose holder died: once the dead reader's
+/// lease ended, the first `Lock` after it drops the expired hold and is granted, though no
+/// waiter and no purge (every 5 minutes) dropped it first.
+#[actix_rt::test]
+async fn a_lock_is_granted_once_a_dead_shared_holders_lease_ends() {
+    let config = fast_config("dead_reader_lock");
+    let locks = manager(&config).await;
+    let ends = dead_shared_holder(&config, "doc", Duration::from_secs(1)).await;
+    let refused = locks.send(Lock::new("doc")).await.unwrap();
+    assert!(
+        matches!(refused, Err(LockError::AlreadyLocked { .. })),
+        "granted over a live shared hold: {refused:?}"
+    );
+    // Past the lease end, by more than a second: nx-27017 compares dates by the whole second.
+    let past = ends + Duration::from_millis(1500);
+    actix_rt::time::sleep(past.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    let grant = locks
+        .send(Lock::new("doc"))
+        .await
+        .unwrap()
+        .expect("a Lock after the dead reader's lease ended is granted");
+    assert!(!grant.shared);
+    let document = stored(&config, "doc").await.expect("stored");
+    assert_eq!(
+        shared_count(&document),
+        0,
+        "the dead holder's permit was dropped"
+    );
+    assert!(shared_ids(&document).is_empty());
+}
+
 #[actix_rt::test]
 async fn the_purger_returns_a_dead_holders_permit() {
     let config = fast_config("purged_permit").purger_period(Duration::from_millis(300));

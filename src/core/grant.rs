@@ -29,7 +29,14 @@ impl Core {
             self.attempt_shared(&resource, &lock_id, ttl, limit, false)
                 .await
         } else {
-            self.attempt(&resource, &lock_id, ttl, false).await
+            let deadline = Instant::now() + self.config.request_timeout.min(ttl);
+            match self.attempt(&resource, &lock_id, ttl, false).await {
+                Ok(None) => {
+                    self.attempt_past_dead_readers(&resource, &lock_id, ttl, deadline)
+                        .await
+                }
+                answered => answered,
+            }
         };
         match attempt {
             Ok(Some(grant)) => self.deliver(grant, caller, msg.keep_alive),
@@ -42,6 +49,49 @@ impl Core {
                 Err(e)
             }
         }
+    }
+
+    /// After a `Lock` was refused: shared holds whose leases ended still count in the stored
+    /// document (their holders died), and nothing else may have dropped them yet (a waiter
+    /// does, the purger every few minutes), so one read looks for them; if it dropped any, the
+    /// grant is tried once more. A refused `Lock` thus costs one read more, and a permit whose
+    /// holder died is never what refuses it. All of it ends by `deadline`, the Lock's own
+    /// bound (`request_timeout` or the lease, the shorter, from its first try): a look that
+    /// does not finish in time leaves the refusal standing; a second try cut off may have been
+    /// granted, so it answers `Unavailable`, and the caller releases it.
+    async fn attempt_past_dead_readers(
+        self: &Rc<Self>,
+        resource: &ResourceId,
+        lock_id: &LockId,
+        ttl: Duration,
+        deadline: Instant,
+    ) -> Result<Option<LockGrant>, LockError> {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let look = self.store.drop_expired_shared(resource, self.clock.now());
+        match tokio::time::timeout(left(), look).await {
+            Ok(Ok(0)) => return Ok(None),
+            Ok(Ok(dropped)) => tracing::debug!(dropped, "dropped expired shared holds; again"),
+            Ok(Err(e)) => {
+                // The grant was refused; that answer stands.
+                tracing::debug!(error = %e, "could not look for expired shared holds");
+                return Ok(None);
+            }
+            Err(_) => {
+                tracing::debug!("no time left to look for expired shared holds");
+                return Ok(None);
+            }
+        }
+        let waited = self.config.request_timeout.min(ttl);
+        tokio::time::timeout(left(), self.attempt(resource, lock_id, ttl, false))
+            .await
+            .unwrap_or_else(|_| {
+                Err(LockError::Unavailable {
+                    waited,
+                    last_error: format!(
+                        "grant: no answer from the database within the Lock's {waited:?}"
+                    ),
+                })
+            })
     }
 
     /// The lease of a grant: the request's (checked as the configuration's is), or the
