@@ -10,9 +10,9 @@
 //!
 //! The purger shares no state with its manager: it keeps its own copy of the server clock and
 //! tells the manager what each purge found ([`Purged`]), which the manager adopts in its own
-//! turn. A purge costs six requests: `createIndexes` for each of the three indexes, `hello`,
-//! one `updateMany` (exclusive holds) and one `find` (documents with shared holds), plus one
-//! write per document that holds expired shared holds.
+//! turn. A purge costs four requests: one `createIndexes` for the three indexes, `hello`, one
+//! `updateMany` (exclusive holds) and one `find` (documents with shared holds), plus one write
+//! per document that holds expired shared holds.
 
 use std::time::{Duration, SystemTime};
 

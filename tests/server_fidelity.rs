@@ -1185,6 +1185,73 @@ async fn dotted_path_set_is_avoided_and_whole_sub_document_set_keeps_types() {
     f.cleanup().await;
 }
 
+/// Whether `find {"shared.locks.lockId": id}` finds a document.
+async fn finds_shared_lock_id(locks: &Collection<Document>, id: &str) -> bool {
+    locks
+        .find_one(doc! { "shared.locks.lockId": id })
+        .await
+        .expect("find by shared.locks.lockId")
+        .is_some()
+}
+
+/// Stores `resource` with a shared array holding `first` only, then rewrites it whole (`$set`)
+/// to `[other, first]` and back to `[first]`, as a shared grant and a release do.
+async fn rewrite_shared_array(locks: &Collection<Document>, resource: &str, first: &str) {
+    let locks_of = |ids: &[&str]| {
+        ids.iter()
+            .map(|id| doc! { "lockId": *id })
+            .collect::<Vec<_>>()
+    };
+    locks
+        .insert_one(
+            doc! { "resource": resource, "shared": { "count": 1, "locks": locks_of(&[first]) } },
+        )
+        .await
+        .expect("insert");
+    for ids in [&["other", first][..], &[first][..]] {
+        let shared = doc! { "count": ids.len() as i32, "locks": locks_of(ids) };
+        locks
+            .update_one(
+                doc! { "resource": resource },
+                doc! { "$set": { "shared": shared } },
+            )
+            .await
+            .expect("rewrite the shared array");
+    }
+}
+
+/// An index on an array's fields (square/mongo-lock's `shared.locks.lockId`) finds what a scan
+/// finds on MongoDB; on nx-27017, once the array was rewritten by `$set`, a query through the
+/// index finds nothing, though a scan found the same document. The store creates no index on
+/// `shared.locks.*` (deviation 12).
+#[tokio::test]
+async fn an_index_on_an_arrays_fields_loses_matches_on_nx_once_the_array_is_rewritten() {
+    let f = Fixture::bare().await;
+    rewrite_shared_array(&f.locks, &resource("array-scan"), "scanned").await;
+    assert!(
+        finds_shared_lock_id(&f.locks, "scanned").await,
+        "a scan finds the shared lock id"
+    );
+    f.locks
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "shared.locks.lockId": 1 })
+                .build(),
+        )
+        .await
+        .expect("an index on shared.locks.lockId");
+    rewrite_shared_array(&f.locks, &resource("array-index"), "indexed").await;
+    let found = finds_shared_lock_id(&f.locks, "indexed").await;
+    match expect() {
+        Expect::MongoDb => assert!(found, "MongoDB finds it through the index"),
+        Expect::Nx => assert!(
+            !found,
+            "nx-27017 found the shared lock id through the index: deviation 12 is gone"
+        ),
+    }
+    f.cleanup().await;
+}
+
 /// `$setOnInsert` in a findOneAndUpdate upsert is applied by MongoDB and ignored by nx-27017,
 /// so the store never relies on it (the grant's `$inc` creates `fence` on insert by itself).
 #[tokio::test]
