@@ -147,3 +147,54 @@ async fn secantus_renew_answers_within_the_lease_while_the_server_stalls_the_req
         "Renew answered {answer:?} only after {took:?}, with a lease of {LEASE:?}"
     );
 }
+
+/// An Acquire that gives up while its grant is held up by the server, then `Close` at once:
+/// the grant lands after the Acquire answered, and after Close's first try to release it. Close
+/// goes on trying while such a grant may still land (up to `request_timeout` after it was cut
+/// off, within `close_timeout`), so no hold of this manager outlives it.
+#[actix_rt::test]
+async fn secantus_close_releases_a_grant_that_lands_after_the_acquire_gave_up() {
+    use actix_mongo_lock::{Acquire, Close};
+    assert_secantus().await;
+    let _serial = SERIAL.lock().await;
+    let config = LockConfig::new(unique_name("late_grant_at_close"))
+        .database("actix_mongo_lock_tests")
+        .ttl(Duration::from_secs(30));
+    let (client, _) = recorded_client(&uri(), &config.name).await;
+    let locks = LockManager::with_client(client, config.clone())
+        .await
+        .expect("start a manager");
+    let block = Duration::from_millis(1500);
+    arm(&config.name, 1, &Fault::block(&["findAndModify"], block)).await;
+    let sent = Instant::now();
+    let given_up = locks
+        .send(Acquire::new("r").timeout(Duration::from_millis(300)))
+        .await
+        .expect("manager runs");
+    assert!(given_up.is_err(), "granted through the block: {given_up:?}");
+    assert!(
+        sent.elapsed() < block,
+        "the Acquire answered only after the block: {:?}",
+        sent.elapsed()
+    );
+    let report = locks.send(Close).await.expect("manager runs");
+    let closed = sent.elapsed();
+    off().await;
+    // The held-up grant has landed by now (the block ended), and was released.
+    tokio::time::sleep((block + Duration::from_millis(500)).saturating_sub(sent.elapsed())).await;
+    let document = support::server::stored(&config, "r").await;
+    let held = document
+        .as_ref()
+        .and_then(|d| d.get_document("exclusive").ok())
+        .and_then(|e| e.get_bool("acquired").ok());
+    assert_ne!(
+        held,
+        Some(true),
+        "a hold outlived Close ({report:?}, closed {closed:?} after the Acquire was sent): \
+         {document:?}"
+    );
+    assert!(
+        closed < config.close_timeout + Duration::from_secs(2),
+        "Close took {closed:?}"
+    );
+}

@@ -13,6 +13,10 @@ use crate::store::HoldKind;
 
 use super::Core;
 
+/// The longest pause between two tries to release a grant whose outcome is unknown while the
+/// manager closes: Close waits for them.
+const CLOSING_PAUSE: Duration = Duration::from_millis(100);
+
 impl Core {
     /// Releases `lock_id`, retrying transient failures every `unlock_period` up to
     /// `unlock_max_retries` times, all within one `request_timeout`: the answer never waits
@@ -206,10 +210,16 @@ impl Core {
 
     /// Releases `lock_id` in the background, trying again with growing pauses until a release
     /// succeeds or a lease of `ttl` granted now would have ended anyway: a grant whose request
-    /// is still on its way can land after the first try. While closing, one more try and done.
+    /// is still on its way can land after the first try. While closing, it goes on trying, at
+    /// most [`CLOSING_PAUSE`] apart, while such a grant may still land: until `request_timeout`
+    /// from now (a request the server holds up longer than that is past the bound of every
+    /// request of this manager), and no longer than the lease. Close waits for it within
+    /// `close_timeout`, so a grant held up by the server that lands after the Acquire gave up
+    /// is released before Close answers.
     pub(super) fn release_until_gone(self: &Rc<Self>, lock_id: LockId, ttl: Duration) {
         let core = Rc::clone(self);
         let until = Instant::now() + ttl;
+        let may_land_until = (Instant::now() + self.config.request_timeout).min(until);
         self.in_background(async move {
             let mut pause = Duration::from_millis(50);
             loop {
@@ -222,12 +232,18 @@ impl Core {
                     Ok(false) => {}
                     Err(e) => tracing::debug!(error = %e, "release failed; trying again"),
                 }
-                if Instant::now() >= until || core.drain.is_closing() {
+                let now = Instant::now();
+                let closing = core.drain.is_closing();
+                if now >= until || (closing && now >= may_land_until) {
                     break;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = core.drain.closing() => {}
+                if closing {
+                    tokio::time::sleep(pause.min(CLOSING_PAUSE)).await;
+                } else {
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = core.drain.closing() => {}
+                    }
                 }
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
