@@ -777,3 +777,74 @@ async fn unlock_when_reachable(locks: &Addr<LockManager>, lock_id: &LockId) -> U
         }
     }
 }
+
+/// A waiter that gives up while its manager is cut off from the database cannot leave the line
+/// then; it tries again once the database is back, so the turn it held goes on to the next
+/// manager in line instead of holding it up after the release (until the turn lapsed, 5 s).
+#[actix_rt::test]
+async fn a_waiter_that_gives_up_while_cut_off_leaves_the_line_once_the_database_is_back() {
+    let config = fast_config("leave_retry")
+        .ttl(Duration::from_secs(30))
+        .request_timeout(Duration::from_secs(1));
+    let proxy = to_the_server().await;
+    let cut = manager_through(&proxy, SELECTION, &config).await;
+    let holder = manager(&config).await;
+    let next = manager(&config).await;
+    let held = holder.send(Lock::new("r")).await.unwrap().unwrap();
+
+    // The cut-off manager waits first, so the turn is its own (renewed after 2.5 s to cover
+    // the hold); the next one waits behind it.
+    let asked = Instant::now();
+    let gives_up = actix_rt::spawn(cut.send(Acquire::new("r").timeout(Duration::from_secs(4))));
+    eventually("the first waiter has the turn", SELECTION, || async {
+        let document = stored(&config, "r").await?;
+        let turn = document.get_document("turn").ok()?;
+        (!turn.get_str("manager").ok()?.is_empty()).then_some(())
+    })
+    .await;
+    let waits = actix_rt::spawn(next.send(Acquire::new("r").timeout(Duration::from_secs(30))));
+    actix_rt::time::sleep(Duration::from_secs(3).saturating_sub(asked.elapsed())).await;
+    proxy.black_hole();
+    let answer = gives_up.await.unwrap().unwrap();
+    assert!(answer.is_err(), "granted while held: {answer:?}");
+    // Its leave fails while cut off (within the 1 s request timeout); the database comes back.
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    proxy.pass_through();
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    // The turn is no longer the cut-off manager's: nobody's (the next waiter first in line),
+    // or the next waiter's, handed on by the leave.
+    let document = stored(&config, "r").await.expect("stored");
+    let line = document
+        .get_array("line")
+        .map(|line| line.len())
+        .unwrap_or(0);
+    let turn = document.get_document("turn").expect("a turn");
+    assert!(
+        turn.get_str("manager") == Ok("") || line == 0,
+        "the next waiter still waits in line behind the cut-off manager's turn: {document}"
+    );
+
+    let released = Instant::now();
+    holder
+        .send(Unlock::new(held.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let granted = waits
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the next waiter is granted");
+    let after = released.elapsed();
+    eprintln!("the next waiter was granted {after:?} after the release");
+    // The turn was handed on when the cut-off manager left: the release serves the next waiter
+    // at once (2 s is generous; a turn left behind would hold it up for 5 s).
+    assert!(
+        after < Duration::from_secs(2),
+        "granted {after:?} after the release"
+    );
+    next.send(Unlock::new(granted.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+}

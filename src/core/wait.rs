@@ -459,9 +459,8 @@ impl Core {
 
     /// After a wait here ended without a grant: if it was the last wait here for `resource`
     /// and this manager has (or may have) a place in its line, leaves the line, handing its turn
-    /// on if it has it. One request, within `request_timeout`, in the background: the Acquire's
-    /// answer does not wait for it (Close does). If it fails, the place is skipped when its turn
-    /// comes, and a turn lapses on its own.
+    /// on if it has it, in the background: the Acquire's answer does not wait for it (Close
+    /// does). See [`leave_line_in_background`](Self::leave_line_in_background).
     pub(super) fn leave_line_if_unwaited(self: &Rc<Self>, resource: &ResourceId) {
         if self.waiters.is_waited_exclusive(resource) {
             return;
@@ -472,8 +471,13 @@ impl Core {
     }
 
     /// Takes this manager out of `resource`'s line, handing its turn (if it has it) on as
-    /// `pass_to`: one request, within `request_timeout`, in the background (Close waits for
-    /// it).
+    /// `pass_to`, in the background (Close waits for it). Each try is one request within
+    /// `request_timeout`; a try that fails is made again with growing pauses (50 ms doubling
+    /// to 1 s), since a place left behind is skipped only once its turn lapses, and a turn left
+    /// behind holds every other manager up until then (the hold's lease and
+    /// [`TURN_LIFE`](crate::line::TURN_LIFE) more). It gives up once a wait for the resource
+    /// begins here again (that wait keeps the place), when the manager closes, or after a
+    /// lease and a turn's life, when the place no longer matters.
     pub(super) fn leave_line_in_background(
         self: &Rc<Self>,
         resource: &ResourceId,
@@ -481,13 +485,33 @@ impl Core {
     ) {
         let core = Rc::clone(self);
         let resource = resource.clone();
+        let until = Instant::now() + self.config.ttl + line::TURN_LIFE;
         self.in_background(async move {
-            let left = core
-                .store
-                .leave_line(&resource, core.lines.manager(), pass_to.as_ref())
-                .await;
-            if let Err(e) = left {
-                tracing::debug!(error = %e, "could not leave the line; the place will be skipped");
+            let mut pause = Duration::from_millis(50);
+            loop {
+                let left = core
+                    .store
+                    .leave_line(&resource, core.lines.manager(), pass_to.as_ref())
+                    .await;
+                let Err(e) = left else {
+                    break;
+                };
+                let again = Instant::now() < until
+                    && !core.drain.is_closing()
+                    && !core.waiters.is_waited(&resource);
+                if !again {
+                    tracing::debug!(error = %e, "could not leave the line; the place will be skipped");
+                    break;
+                }
+                tracing::debug!(error = %e, "could not leave the line; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = core.drain.closing() => {}
+                }
+                if core.waiters.is_waited(&resource) {
+                    break;
+                }
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         });
     }
