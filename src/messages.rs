@@ -586,6 +586,9 @@ pub enum LostReason {
     Gone,
     /// Renewals kept failing (the database is unreachable) and the lease is about to end.
     Unreachable,
+    /// The manager is closing: [`Close`] releases the hold (or, with the database gone, its
+    /// lease ends it). Told as closing begins, before the release is sent.
+    Closing,
 }
 
 /// Extend the lease of a live hold to now plus its TTL: the lease it was granted with, if this

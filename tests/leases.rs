@@ -442,3 +442,39 @@ async fn a_downstream_store_refuses_a_stale_holders_write_by_its_fence() {
         .unwrap();
     assert_eq!(record.get_str("status").unwrap(), "paid");
 }
+
+/// A kept-alive hold still held when its manager closes: the holder is told
+/// `LostReason::Closing` as the close begins, before the release, and told nothing of a hold it
+/// had unlocked.
+#[actix_rt::test]
+async fn a_kept_alive_hold_released_at_close_tells_its_holder_closing() {
+    let config = fast_config("closing_told");
+    let locks = manager(&config).await;
+    let losses = LossCollector::default();
+    let keep_alive = || KeepAlive::notify(losses.clone().start().recipient());
+    let held = locks
+        .send(Lock::new("held").keep_alive(keep_alive()))
+        .await
+        .unwrap()
+        .unwrap();
+    let unlocked = locks
+        .send(Lock::new("unlocked").keep_alive(keep_alive()))
+        .await
+        .unwrap()
+        .unwrap();
+    locks
+        .send(Unlock::new(unlocked.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let report = locks.send(actix_mongo_lock::Close).await.unwrap();
+    assert_eq!(report.released, 1);
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let losses = losses.losses();
+    let [(_, lost)] = &losses[..] else {
+        panic!("expected exactly one loss, got {losses:?}");
+    };
+    assert_eq!(lost.reason, LostReason::Closing);
+    assert_eq!(lost.lock_id, held.lock_id);
+    assert_eq!(lost.fence, held.fence);
+}

@@ -97,7 +97,13 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
     loop {
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = core.drain.closing() => return,
+            () = core.drain.closing() => {
+                // Close releases every hold still held here: its holder must stop now.
+                if core.holds.get(&grant.lock_id).is_some() {
+                    tell(&keep_alive.notify, &grant, LostReason::Closing);
+                }
+                return;
+            }
         }
         let Some(hold) = core.holds.get(&grant.lock_id) else {
             return; // unlocked, or lost through a Renew message
