@@ -58,6 +58,7 @@ mod clock;
 mod config;
 mod core;
 mod drain;
+pub mod election;
 mod error;
 mod guard;
 mod line;

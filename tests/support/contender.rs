@@ -24,45 +24,53 @@ use super::history::History;
 /// (`cargo test --test NAME`, which builds no examples) runs the current source too. Panics
 /// with cargo's output if it does not build.
 pub fn binary() -> String {
-    static BUILT: OnceLock<String> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // This test runs as target/<profile>/deps/<test>-<hash>; examples go to
-            // target/<profile>/examples/.
-            let exe = std::env::current_exe().expect("the test's own path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("the test runs from target/<profile>/deps");
-            let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-            build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-                "build",
-                "--quiet",
-                "--example",
-                "lock-contender",
-            ]);
-            if profile_dir
-                .file_name()
-                .is_some_and(|name| name == "release")
-            {
-                build.arg("--release");
-            }
-            if let Some(target_dir) = profile_dir.parent() {
-                build.env("CARGO_TARGET_DIR", target_dir);
-            }
-            let output = build.output().expect("cargo runs");
-            assert!(
-                output.status.success(),
-                "cargo build --example lock-contender failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let path: PathBuf = profile_dir
-                .join("examples")
-                .join(format!("lock-contender{}", std::env::consts::EXE_SUFFIX));
-            assert!(path.exists(), "{} was not built", path.display());
-            path.to_string_lossy().into_owned()
-        })
-        .clone()
+    example_binary("lock-contender")
+}
+
+/// The executable of the example `name`, built (or found up to date) once per test process,
+/// as [`binary`] builds `lock-contender`.
+pub fn example_binary(name: &str) -> String {
+    static BUILT: OnceLock<std::sync::Mutex<BTreeMap<String, String>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    // This test runs as target/<profile>/deps/<test>-<hash>; examples go to
+    // target/<profile>/examples/.
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test runs from target/<profile>/deps");
+    let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--example", name]);
+    if profile_dir
+        .file_name()
+        .is_some_and(|profile| profile == "release")
+    {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let output = build.output().expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build --example {name} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path: PathBuf = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} was not built", path.display());
+    let path = path.to_string_lossy().into_owned();
+    built.insert(name.to_owned(), path.clone());
+    path
 }
 
 /// The `lock-contender` flags.
