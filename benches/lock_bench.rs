@@ -5,14 +5,15 @@
 //! scripts/with-mongo cargo bench --bench lock_bench            # table on stdout
 //! BENCH_JSON=path.json scripts/with-mongo cargo bench --bench lock_bench
 //! BENCH_ROWS=cross,fair scripts/with-mongo cargo bench --bench lock_bench  # some rows only:
-//!     local, cross, requests, fleet, fair, throughput, memory (B and the uncontended rows
-//!     always)
+//!     local, cross, election, requests, fleet, fair, throughput, memory (B and the
+//!     uncontended rows always)
 //! ```
 //!
 //! Rows: B (one raw findOneAndUpdate of the grant's shape on a collection with the lock
 //! indexes, and beside it the same without indexes), uncontended Lock and Lock+Unlock, local hand-off
 //! (8 waiters in one manager), cross-process hand-off (2 managers in 2 processes; told by a
-//! change stream where the server has them, probing elsewhere), the requests a manager sends
+//! change stream where the server has them, probing elsewhere), an election's hand-off (a leader
+//! resigns; the other candidate, on a client of its own, is told `Elected`), the requests a manager sends
 //! per second while it waits for a resource held by another process (every command, by name,
 //! against the seed's fixed 250 ms polling), a fleet of 1, 5, 20 and 50 waiting managers (each
 //! on a client of its own: what each sends per second while they wait, what they all send per
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::Addr;
+use actix_mongo_lock::election::{Campaign, Deposed, Elected, Elector, Resign};
 use actix_mongo_lock::{
     Acquire, Close, Lock, LockConfig, LockError, LockManager, Polling, Status, Unlock,
 };
@@ -938,6 +940,85 @@ fn memory_in_fresh_process(count: usize) -> f64 {
         .expect("the memory child prints bytes per waiter")
 }
 
+/// A candidate of the election rows: tells `elected` of each election, with its instant.
+struct BenchCandidate {
+    who: usize,
+    elected: tokio::sync::mpsc::UnboundedSender<(usize, Instant)>,
+}
+
+impl actix::Actor for BenchCandidate {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<Elected> for BenchCandidate {
+    type Result = ();
+    fn handle(&mut self, _: Elected, _: &mut actix::Context<Self>) {
+        let _ = self.elected.send((self.who, Instant::now()));
+    }
+}
+
+impl actix::Handler<Deposed> for BenchCandidate {
+    type Result = ();
+    fn handle(&mut self, _: Deposed, _: &mut actix::Context<Self>) {}
+}
+
+/// Two candidates, each on a manager and a client of its own (as two processes would be), hand
+/// an office back and forth `rounds` times: the leader resigns, and the time until the other is
+/// told `Elected` is one sample; then the one that resigned campaigns again, to be next in line.
+async fn election_hand_offs(rounds: usize) -> (Vec<Duration>, BTreeMap<String, u64>) {
+    use actix::Actor;
+    let config = config("election");
+    let (tx, mut elected) = tokio::sync::mpsc::unbounded_channel();
+    let mut electors = Vec::new();
+    let mut managers = Vec::new();
+    let commands = Commands::default();
+    let counting = Arc::new(AtomicBool::new(false));
+    for who in 0..2 {
+        let client = counting_client(Arc::clone(&commands), Arc::clone(&counting)).await;
+        let manager = start_with(client, &config).await;
+        let candidate = BenchCandidate {
+            who,
+            elected: tx.clone(),
+        }
+        .start();
+        electors.push(
+            Elector::new(manager.clone(), "office", &candidate)
+                .expect("a valid office")
+                .start(),
+        );
+        managers.push(manager);
+    }
+    let (mut leader, _) = elected.recv().await.expect("a first leader");
+    // The other one lines up behind the leader.
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        counting.store(true, Ordering::Relaxed);
+        let resigned = Instant::now();
+        electors[leader]
+            .send(Resign)
+            .await
+            .expect("the elector runs")
+            .expect("Resign");
+        let (next, at) = elected.recv().await.expect("the next leader");
+        counting.store(false, Ordering::Relaxed);
+        assert_ne!(
+            next, leader,
+            "the office went back to the one that resigned"
+        );
+        samples.push(at - resigned);
+        electors[leader].do_send(Campaign);
+        leader = next;
+        // Let the one that resigned take its place in line before the next resignation.
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    for manager in managers {
+        manager.send(Close).await.expect("Close");
+    }
+    let per_hand_off = commands.lock().unwrap().clone();
+    (samples, per_hand_off)
+}
+
 #[actix_rt::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -1107,6 +1188,34 @@ async fn main() {
                 target_p99,
             );
         }
+    }
+
+    if wants("election") {
+        let rounds = if quick { 20 } else { 60 };
+        let (mut hand_offs, commands) = election_hand_offs(rounds).await;
+        eprintln!("election: commands of both managers over {rounds} hand-offs: {commands:?}");
+        let (target_p50, target_p99) = if streams {
+            ("<= 3", "reported")
+        } else {
+            ("reported", "reported")
+        };
+        table.add(
+            &format!(
+                "election: Resign to the next leader told Elected, p50 ({adaptive}, n={})",
+                hand_offs.len()
+            ),
+            ms(percentile(&mut hand_offs, 0.5)),
+            "ms",
+            Some((b, "B")),
+            target_p50,
+        );
+        table.add(
+            &format!("election: Resign to the next leader told Elected, p99 ({adaptive})"),
+            ms(percentile(&mut hand_offs, 0.99)),
+            "ms",
+            Some((b, "B")),
+            target_p99,
+        );
     }
 
     if wants("requests") {

@@ -21,6 +21,7 @@ use actix_mongo_lock::election::{
     Observer, Resign,
 };
 use actix_mongo_lock::{Close, LockConfig, LockError, LockManager, LostReason};
+use support::leaders::LeaderLog;
 use support::poll::eventually;
 use support::proxy::FaultProxy;
 use support::server::{client_for, fast_config, manager, snapshot};
@@ -281,28 +282,15 @@ async fn a_leader_cut_off_from_the_database_is_deposed_while_its_lease_stands_th
 async fn an_observer_sees_the_leader_each_new_term_and_nobody() {
     let config = fast_config("elect_observe");
     let fleet = managers(&config, &["a", "watcher"]).await;
-    /// Each leadership told: its owner and term, or `None` for nobody.
-    type Seen = Rc<RefCell<Vec<Option<(Option<String>, i64)>>>>;
-    let seen = Seen::default();
-    struct Watcher(Seen);
-    impl Actor for Watcher {
-        type Context = Context<Self>;
-    }
-    impl Handler<LeaderChanged> for Watcher {
-        type Result = ();
-        fn handle(&mut self, changed: LeaderChanged, _: &mut Context<Self>) {
-            let leader = changed.leader.map(|leader| (leader.owner, leader.term));
-            self.0.borrow_mut().push(leader);
-        }
-    }
-    let watcher = Watcher(Rc::clone(&seen)).start();
+    let seen = LeaderLog::default();
+    let watcher = seen.clone().start();
     let _observer = Observer::new(fleet[1].clone(), "office", watcher.recipient())
         .unwrap()
         .every(Duration::from_millis(100))
         .start();
     let within = Duration::from_secs(5);
     eventually("nobody leads, at first", within, || async {
-        (seen.borrow().first() == Some(&None)).then_some(())
+        (seen.terms().first() == Some(&None)).then_some(())
     })
     .await;
 
@@ -310,24 +298,24 @@ async fn an_observer_sees_the_leader_each_new_term_and_nobody() {
     let elector = candidate(&fleet[0], "office", "a", &log);
     let (_, term, _) = nth_elected(&log, 0, within).await;
     eventually("the leader is seen", within, || async {
-        (seen.borrow().last() == Some(&Some((Some("a".to_owned()), term)))).then_some(())
+        (seen.terms().last() == Some(&Some((Some("a".to_owned()), term)))).then_some(())
     })
     .await;
     assert!(elector.send(Resign).await.unwrap().unwrap());
     eventually("nobody leads after the resignation", within, || async {
-        (seen.borrow().last() == Some(&None)).then_some(())
+        (seen.terms().last() == Some(&None)).then_some(())
     })
     .await;
     elector.do_send(Campaign);
     let (_, next_term, _) = nth_elected(&log, 1, within).await;
     assert!(next_term > term);
     eventually("the new term is seen", within, || async {
-        (seen.borrow().last() == Some(&Some((Some("a".to_owned()), next_term)))).then_some(())
+        (seen.terms().last() == Some(&Some((Some("a".to_owned()), next_term)))).then_some(())
     })
     .await;
     // Told once per change: nobody, term, nobody, next term.
     assert_eq!(
-        *seen.borrow(),
+        seen.terms(),
         vec![
             None,
             Some((Some("a".to_owned()), term)),

@@ -9,7 +9,9 @@
 //! - every term is higher than the one before;
 //! - a stopped leader was told `Closing`, a cut-off one `LeaseLost(Unreachable)`;
 //! - failover after a kill within the lease + 1 s safety probe (plus a margin for a loaded
-//!   machine), after a SIGTERM within 1 s + margin; both reported as p50 / p99.
+//!   machine), after a SIGTERM within 1 s + margin; both reported as p50 / p99;
+//! - an `Observer` in the test's process (looking every second, its default) sees "nobody" or
+//!   the successor within the lease + 1 s (+ margin) of every kill.
 //!
 //! ```sh
 //! scripts/with-mongo cargo test --test election_processes -- --nocapture
@@ -23,8 +25,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actix::prelude::*;
+use actix_mongo_lock::election::Observer;
 use actix_mongo_lock::LockConfig;
 use support::contender::example_binary;
+use support::leaders::LeaderLog;
 use support::proxy::{upstream_from_env, FaultProxy};
 use support::server::{stored, unique_name};
 use tokio::sync::mpsc;
@@ -164,11 +169,12 @@ impl Fleet {
     }
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    unix_ms(SystemTime::now())
 }
 
 fn quantile(values: &mut [u64], q: f64) -> u64 {
@@ -221,6 +227,15 @@ async fn leaders_killed_stopped_and_cut_off_among_three_processes_never_overlap(
     for slot in 0..3 {
         fleet.spawn(slot);
     }
+    let observed = LeaderLog::default();
+    let watching = support::server::manager(&config).await;
+    let _observer = Observer::new(
+        watching.clone(),
+        OFFICE,
+        observed.clone().start().recipient(),
+    )
+    .expect("a valid office")
+    .start();
 
     let mut all = Vec::new();
     let mut faults: BTreeMap<u64, (Fault, u64)> = BTreeMap::new();
@@ -371,13 +386,41 @@ async fn leaders_killed_stopped_and_cut_off_among_three_processes_never_overlap(
         }
     }
     assert!(!after_kill.is_empty() && !after_term.is_empty());
+
+    // After every kill the observer saw nobody, or a later term, within the lease and one look
+    // (1 s), plus the margin.
+    let seen: Vec<(u64, Option<u64>)> = observed
+        .seen()
+        .into_iter()
+        .map(|(when, leader)| (unix_ms(when), leader.map(|leader| leader.term as u64)))
+        .collect();
+    let mut observed_after_kill = Vec::new();
+    for (term, (fault, at)) in &faults {
+        if *fault != Fault::Kill {
+            continue;
+        }
+        let saw = seen
+            .iter()
+            .find(|(when, leading)| *when >= *at && leading.is_none_or(|t| t > *term))
+            .map(|(when, _)| when - at)
+            .unwrap_or_else(|| panic!("the observer never saw term {term} end: {seen:?}"));
+        let bound = TTL + Duration::from_secs(1) + MARGIN;
+        assert!(
+            saw <= bound.as_millis() as u64,
+            "the observer saw term {term} end {saw} ms after the kill (bound {bound:?})"
+        );
+        observed_after_kill.push(saw);
+    }
     eprintln!(
         "{rounds} rounds, {} leaderships; failover after SIGKILL p50 {} ms p99 {} ms (lease \
-         {TTL:?}), after SIGTERM p50 {} ms p99 {} ms",
+         {TTL:?}), after SIGTERM p50 {} ms p99 {} ms; the observer saw a killed leader's term \
+         end p50 {} ms p99 {} ms after the kill",
         leaderships.len(),
         quantile(&mut after_kill.clone(), 0.5),
         quantile(&mut after_kill, 0.99),
         quantile(&mut after_term.clone(), 0.5),
         quantile(&mut after_term, 0.99),
+        quantile(&mut observed_after_kill.clone(), 0.5),
+        quantile(&mut observed_after_kill, 0.99),
     );
 }

@@ -9,6 +9,7 @@ pub mod build_info_proxy;
 pub mod contender;
 pub mod failpoint;
 pub mod history;
+pub mod leaders;
 pub mod losses;
 pub mod own_server;
 pub mod poll;
