@@ -14,7 +14,8 @@
 //! once its lease has ended); then it stops the next leader with SIGTERM (it closes its manager,
 //! which deposes it and releases the office at once); then it stops the last one.
 //!
-//! An instance (`--who NAME`) prints one line per event, for people and for
+//! An instance (`--who NAME`, in the lock family `--family` of the database `--database`,
+//! `leader_demo` in `locks` by default) prints one line per event, for people and for
 //! `tests/election.rs`, with times in Unix milliseconds:
 //!
 //! ```text
@@ -40,14 +41,15 @@ use actix::prelude::*;
 use actix_mongo_lock::election::{Deposed, Elected, Elector};
 use actix_mongo_lock::{Close, LockConfig, LockManager};
 
-const USAGE: &str = "usage: leader (the demo) | leader --who NAME [--family NAME] [--ttl-ms N] \
-                     [--job-ms N]";
+const USAGE: &str = "usage: leader (the demo) | leader --who NAME [--family NAME] \
+                     [--database NAME] [--ttl-ms N] [--job-ms N]";
 /// The office every instance campaigns for.
 const OFFICE: &str = "scheduler";
 
 struct Args {
     who: Option<String>,
     family: String,
+    database: String,
     ttl: Duration,
     job_every: Duration,
 }
@@ -123,6 +125,7 @@ async fn instance(args: Args, who: String) -> Result<(), String> {
         "MONGODB_URI is not set: run `scripts/with-mongo cargo run --example leader`".to_owned()
     })?;
     let config = LockConfig::new(args.family)
+        .database(args.database)
         .ttl(args.ttl)
         .owner(who.clone());
     let manager = LockManager::connect(&uri, config)
@@ -263,6 +266,9 @@ fn main() {
             family: flags
                 .text("--family")
                 .unwrap_or_else(|| "leader_demo".to_owned()),
+            database: flags
+                .text("--database")
+                .unwrap_or_else(|| "locks".to_owned()),
             ttl: Duration::from_millis(flags.number("--ttl-ms", 3000)?),
             job_every: Duration::from_millis(flags.number("--job-ms", 500)?),
         })

@@ -271,7 +271,9 @@ impl Actor for Elector {
         self.campaign(ctx);
     }
 
-    /// Stopped while leading (its last `Addr` dropped): resigns, as [`Resign`] does.
+    /// Stopped while leading: resigns, as [`Resign`] does. While it leads or campaigns, the
+    /// manager holds an address of it (the keep-alive's and the Acquire's), so dropping every
+    /// `Addr` of yours does not stop it: send [`Resign`].
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
         if let Stand::Leading(grant) = std::mem::replace(&mut self.stand, Stand::Stopped) {
             self.depose(&grant, DeposedReason::Resigned);

@@ -42,6 +42,8 @@ const ROUNDS: usize = 24;
 const ROUND_WITHIN: Duration = Duration::from_secs(20);
 /// A margin for a loaded machine on every failover bound.
 const MARGIN: Duration = Duration::from_secs(3);
+/// The database of the tests' lock families.
+const DATABASE: &str = "actix_mongo_lock_tests";
 /// The office the instances campaign for (the example's).
 const OFFICE: &str = "scheduler";
 
@@ -105,6 +107,8 @@ impl Fleet {
                 &who,
                 "--family",
                 &self.family,
+                "--database",
+                DATABASE,
                 "--ttl-ms",
                 &TTL.as_millis().to_string(),
                 "--job-ms",
@@ -210,7 +214,7 @@ async fn leaders_killed_stopped_and_cut_off_among_three_processes_never_overlap(
         .unwrap_or(ROUNDS);
     let binary = example_binary("leader");
     let family = unique_name("elect_procs");
-    let config = LockConfig::new(family.clone());
+    let config = LockConfig::new(family.clone()).database(DATABASE);
     let (tx, mut lines) = mpsc::unbounded_channel();
     let mut proxies = Vec::new();
     for _ in 0..3 {

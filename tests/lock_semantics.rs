@@ -499,15 +499,16 @@ async fn an_invalid_configuration_is_refused_before_any_request() {
             "{config:?} was accepted"
         );
     }
+    // Filtered here, not by the server: nx-27017 answers every collection whatever the filter,
+    // and other tests may use the default database.
     let names = client
         .database("locks")
         .list_collection_names()
-        .filter(doc! { "name": "ok_locks" })
         .await
         .unwrap();
     assert!(
-        names.is_empty(),
-        "a refused configuration created {names:?}"
+        !names.iter().any(|name| name == "ok_locks"),
+        "a refused configuration created ok_locks: {names:?}"
     );
 }
 
