@@ -472,8 +472,9 @@ impl Core {
 
     /// Takes this manager out of `resource`'s line, handing its turn (if it has it) on as
     /// `pass_to`, in the background (Close waits for it). Each try is one request within
-    /// `request_timeout`; a try that fails is made again with growing pauses (50 ms doubling
-    /// to 1 s), since a place left behind is skipped only once its turn lapses, and a turn left
+    /// `request_timeout`; a try that fails with an unknown outcome (a cut, a timeout) is made
+    /// again with growing pauses (50 ms doubling to 1 s), up to [`LEAVE_TRIES`] tries, since a
+    /// place left behind is skipped only once its turn lapses, and a turn left
     /// behind holds every other manager up until then (the hold's lease and
     /// [`TURN_LIFE`](crate::line::TURN_LIFE) more). It gives up once a wait for the resource
     /// begins here again (that wait keeps the place), when the manager closes, or after a
@@ -488,6 +489,7 @@ impl Core {
         let until = Instant::now() + self.config.ttl + line::TURN_LIFE;
         self.in_background(async move {
             let mut pause = Duration::from_millis(50);
+            let mut tries = 0;
             loop {
                 let left = core
                     .store
@@ -496,7 +498,13 @@ impl Core {
                 let Err(e) = left else {
                     break;
                 };
-                let again = Instant::now() < until
+                tries += 1;
+                // Only a try whose request may not have reached the database is made again (a
+                // cut, a timeout), and a few times at most: a hot document is not to be
+                // written over and over.
+                let again = e.outcome_unknown()
+                    && tries < LEAVE_TRIES
+                    && Instant::now() < until
                     && !core.drain.is_closing()
                     && !core.waiters.is_waited(&resource);
                 if !again {
@@ -516,6 +524,9 @@ impl Core {
         });
     }
 }
+
+/// How many times at most a manager tries to leave a line ([`Core::leave_line_in_background`]).
+const LEAVE_TRIES: u32 = 8;
 
 /// The least time the first attempt of a wait gets, whatever the wait's budget (unless the
 /// `request_timeout` is shorter): a healthy database answers far sooner, and a wait of a zero
