@@ -17,6 +17,9 @@
 //! scripts/with-mongo cargo test --test election_processes -- --nocapture
 //! ELECTION_ROUNDS=200 MONGO_SERVER=secantus scripts/with-mongo cargo test --test election_processes -- --nocapture
 //! ```
+//!
+//! By default it runs 6 rounds (two of each fault); the figures in docs/benchmarks.md are of
+//! 24 and 200.
 
 mod support;
 
@@ -36,8 +39,11 @@ use tokio::sync::mpsc;
 
 /// The lease of a leadership.
 const TTL: Duration = Duration::from_secs(2);
-/// The rounds run by default (`ELECTION_ROUNDS` sets another number).
-const ROUNDS: usize = 24;
+/// The rounds run by default (`ELECTION_ROUNDS` sets another number): two of each fault. Few,
+/// because every killed or cut-off instance leaves its change stream open on the server until
+/// the server times it out, and SecantusDB slows every write per open stream, for the tests
+/// that run after this one on the same server; the long runs are by hand.
+const ROUNDS: usize = 6;
 /// How long a round may take to show its new leader.
 const ROUND_WITHIN: Duration = Duration::from_secs(20);
 /// A margin for a loaded machine on every failover bound.
@@ -175,6 +181,15 @@ impl Fleet {
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+impl Drop for Fleet {
+    /// A test that fails midway leaves no instance running.
+    fn drop(&mut self) {
+        for slot in 0..self.children.len() {
+            self.kill(slot);
+        }
+    }
 }
 
 fn now_ms() -> u64 {
