@@ -5,7 +5,7 @@
 //! scripts/with-mongo cargo bench --bench lock_bench            # table on stdout
 //! BENCH_JSON=path.json scripts/with-mongo cargo bench --bench lock_bench
 //! BENCH_ROWS=cross,fair scripts/with-mongo cargo bench --bench lock_bench  # some rows only:
-//!     local, cross, election, requests, fleet, fair, throughput, memory (B and the
+//!     local, cross, election, metrics, requests, fleet, fair, throughput, memory (B and the
 //!     uncontended rows always)
 //! ```
 //!
@@ -358,6 +358,29 @@ async fn uncontended(
         percentile(&mut pairs, 0.5),
         percentile(&mut shared, 0.5),
     )
+}
+
+/// Uncontended Lock+Unlock pairs, alternately with no metrics recorder and with one installed
+/// (`metrics-util`'s debugging recorder, which keeps every value: heavier than an exporter's
+/// aggregation); the medians of each.
+async fn with_and_without_recorder(
+    manager: &Addr<LockManager>,
+    samples: usize,
+) -> (Duration, Duration) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let (mut bare, mut recorded) = (Vec::new(), Vec::new());
+    for i in 0..samples + 50 {
+        let (_, without) = timed_lock(manager, Lock::new("m")).await;
+        let with = {
+            let _recording = metrics::set_default_local_recorder(&recorder);
+            timed_lock(manager, Lock::new("m")).await.1
+        };
+        if i >= 50 {
+            bare.push(without);
+            recorded.push(with);
+        }
+    }
+    (percentile(&mut bare, 0.5), percentile(&mut recorded, 0.5))
 }
 
 /// `waiters` callers in one manager take turns on one resource; the time from each Unlock's
@@ -1188,6 +1211,17 @@ async fn main() {
                 target_p99,
             );
         }
+    }
+
+    if wants("metrics") {
+        let (without, with) = with_and_without_recorder(&manager, samples).await;
+        table.add(
+            "Lock+Unlock, uncontended, with a metrics recorder installed, median",
+            ms(with),
+            "ms",
+            Some((ms(without), "the same pairs without one")),
+            "<= 1.02",
+        );
     }
 
     if wants("election") {

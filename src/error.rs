@@ -187,6 +187,15 @@ pub enum LockError {
     /// [`Unlock::shared`](crate::Unlock::shared) named an exclusive hold. Nothing was written.
     #[error("the hold is exclusive, not shared")]
     NotShared,
+
+    /// A [`Revoke`](crate::Revoke) that cannot name a hold: a fence below 1 (grants draw 1 and
+    /// up) or a reason longer than 512 bytes. Nothing was written.
+    #[error("invalid revocation: {reason}")]
+    #[non_exhaustive]
+    InvalidRevoke {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// A failure the database (or the driver, on the way to it) reported.

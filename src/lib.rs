@@ -65,6 +65,7 @@ mod line;
 mod local;
 mod manager;
 mod messages;
+pub mod metrics;
 mod purger;
 mod reply;
 mod server;
@@ -79,10 +80,13 @@ pub use config::{
 pub use error::{DatabaseError, LockError};
 pub use guard::LockGuard;
 pub use manager::LockManager;
+#[cfg(feature = "serde")]
+pub use messages::rfc3339;
 pub use messages::{
     Acquire, AwaitReleased, Close, CloseReport, HoldMode, HoldStatus, KeepAlive, LeaseLost,
-    ListHolds, Lock, LockGrant, LockId, LostReason, Polling, ReleasedReport, Renew, ResourceId,
-    Status, StopGranting, Unlock, UnlockOutcome, MAX_RESOURCE_ID_LEN,
+    LineStatus, ListHolds, Lock, LockGrant, LockId, LostReason, Polling, ReleasedReport, Renew,
+    ResourceId, Revoke, RevokeOutcome, Status, StopGranting, Unlock, UnlockOutcome,
+    MAX_RESOURCE_ID_LEN,
 };
 /// The driver's write concern, for [`LockConfig::write_concern`].
 pub use mongodb::options::WriteConcern;

@@ -676,9 +676,12 @@ struct Seen {
 }
 
 impl Lines {
-    pub(crate) fn new() -> Self {
+    /// The memory of a manager whose config names `owner` and `host`: its name in every line
+    /// is `owner@host/id`, with an id of its own, so an operator reading a line
+    /// ([`LineStatus`](crate::LineStatus)) sees who waits.
+    pub(crate) fn new(owner: &str, host: &str) -> Self {
         Lines {
-            manager: uuid::Uuid::new_v4().simple().to_string(),
+            manager: format!("{owner}@{host}/{}", uuid::Uuid::new_v4().simple()),
             seen: RefCell::default(),
             kept: RefCell::default(),
         }
@@ -1514,7 +1517,7 @@ mod tests {
 
     #[test]
     fn lines_remember_what_was_seen_and_who_to_hand_the_turn_to_on_leaving() {
-        let lines = Lines::new();
+        let lines = Lines::new("tests", "here");
         let me = lines.manager().to_owned();
         let resource = ResourceId::new("r").expect("a valid id");
         assert_eq!(lines.forget(&resource, at(0)), None);

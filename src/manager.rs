@@ -18,7 +18,7 @@ use crate::core::Core;
 use crate::error::{DriverResult, LockError};
 use crate::messages::{
     Acquire, AwaitReleased, Close, CloseReport, HoldStatus, ListHolds, Lock, LockGrant,
-    ReleasedReport, Renew, Status, StopGranting, Unlock, UnlockOutcome,
+    ReleasedReport, Renew, Revoke, RevokeOutcome, Status, StopGranting, Unlock, UnlockOutcome,
 };
 use crate::purger::{Purged, Purger};
 use crate::reply::{Caller, Reply};
@@ -215,6 +215,17 @@ impl Handler<ListHolds> for LockManager {
         let span = tracing::info_span!("list_holds");
         accept(&self.core, Asks::Other, span, |core, _| async move {
             core.list_holds().await
+        })
+    }
+}
+
+impl Handler<Revoke> for LockManager {
+    type Result = Reply<Result<RevokeOutcome, LockError>>;
+
+    fn handle(&mut self, msg: Revoke, _: &mut Self::Context) -> Self::Result {
+        let span = tracing::info_span!(parent: &msg.span, "revoke", resource = %msg.resource_id, fence = msg.fence);
+        accept(&self.core, Asks::Other, span, |core, _| async move {
+            core.revoke(msg.resource_id, msg.fence, msg.reason).await
         })
     }
 }

@@ -566,6 +566,8 @@ pub struct LeaseLost {
     pub fence: i64,
     /// Why.
     pub reason: LostReason,
+    /// For [`LostReason::Revoked`]: the reason the operator gave ([`Revoke::reason`]).
+    pub revoked_because: Option<String>,
 }
 
 /// Why a kept-alive hold was lost. New reasons may come: match with a `_` arm.
@@ -589,6 +591,10 @@ pub enum LostReason {
     /// The manager is closing: [`Close`] releases the hold (or, with the database gone, its
     /// lease ends it). Told as closing begins, before the release is sent.
     Closing,
+    /// An operator revoked the hold by its fence ([`Revoke`]); [`LeaseLost::revoked_because`]
+    /// says why. Told at the first renewal after the revocation: within a third of the lease
+    /// plus `request_timeout`.
+    Revoked,
 }
 
 /// Extend the lease of a live hold to now plus its TTL: the lease it was granted with, if this
@@ -633,6 +639,77 @@ impl Status {
     }
 }
 
+/// End the hold of a resource that drew `fence`, whoever holds it, and only that hold: an
+/// operator's tool for a holder that is stuck (alive, renewing, not working). A stale fence (the
+/// hold ended, a later one drew a higher fence) changes nothing in the database. The hold's
+/// keep-alive tells its holder [`LeaseLost`] with [`LostReason::Revoked`] at its next renewal
+/// (within a third of its lease plus `request_timeout`); a holder without keep-alive learns it
+/// when its `Renew` answers [`LockError::LockLost`], and its `Unlock` answers
+/// [`UnlockOutcome::NotHeld`]. The line of waiting managers is woken as by any release.
+///
+/// Revocable: every exclusive or shared hold this crate granted. Not a hold of a Go client
+/// (dplock over square/mongo-lock), which draws no fence of its own.
+///
+/// Answers [`RevokeOutcome`]; [`LockError::InvalidRevoke`] for a fence below 1 or a reason
+/// longer than 512 bytes, with nothing written. Three requests (one if the fence is stale).
+///
+/// ```
+/// use actix_mongo_lock::Revoke;
+/// let revoke = Revoke::new("report-7", 42).reason("stuck since 03:00, ticket OPS-19");
+/// # let _ = revoke;
+/// ```
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<RevokeOutcome, LockError>")]
+pub struct Revoke {
+    /// The resource.
+    pub resource_id: String,
+    /// The fence of the hold to end, as [`Status`] or [`ListHolds`] show it.
+    pub fence: i64,
+    /// Why, told to the holder. Default: "revoked by an operator".
+    pub reason: String,
+    /// The sender's span when the message was made: the manager's span is its child.
+    pub(crate) span: Span,
+}
+
+impl Revoke {
+    /// Revoke `resource_id`'s hold that drew `fence`.
+    pub fn new(resource_id: impl Into<String>, fence: i64) -> Self {
+        Revoke {
+            resource_id: resource_id.into(),
+            fence,
+            reason: "revoked by an operator".to_owned(),
+            span: Span::current(),
+        }
+    }
+
+    /// Sets the reason told to the holder (at most 512 bytes).
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+}
+
+/// What a [`Revoke`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "outcome", rename_all = "snake_case"))]
+pub enum RevokeOutcome {
+    /// The hold that drew the fence was live and is released.
+    #[non_exhaustive]
+    Revoked {
+        /// Who held it.
+        owner: Option<String>,
+        /// Where its holder runs.
+        host: Option<String>,
+        /// Whether it was a shared hold.
+        shared: bool,
+    },
+    /// No live hold of the resource drew that fence (it ended, or never was): nothing was
+    /// written.
+    NotHeld,
+}
+
 /// Every hold recorded in the lock family's collection (live ones, and expired ones the purger
 /// has not cleared yet), ordered by resource.
 #[derive(Debug, Clone, Copy, Message)]
@@ -669,6 +746,39 @@ pub struct HoldStatus {
     /// How many shared holds of the resource were live when read (0 for an exclusive hold).
     /// [`Status`] answers one of them, the one whose lease ends last; [`ListHolds`] lists each.
     pub shared_holders: usize,
+    /// The managers waiting for the resource, in order (the same for every hold of it).
+    pub line: LineStatus,
+}
+
+/// The line of managers waiting for a resource, as [`Status`] and [`ListHolds`] show it. A
+/// manager is named `owner@host/id` (its [`LockConfig`](crate::LockConfig)'s `owner` and
+/// `host`, and an id of its own); one place per manager, however many of its Acquires wait. Go
+/// clients and [`Polling::Fixed`] waits take no place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct LineStatus {
+    /// The manager to be granted next, if its turn is live: no other manager is granted while
+    /// it is.
+    pub turn: Option<String>,
+    /// When that turn lapses if its manager does not take it (server clock).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "rfc3339::maybe_time"))]
+    pub turn_until: Option<SystemTime>,
+    /// The managers waiting after it, first first.
+    pub waiting: Vec<String>,
+}
+
+/// `t` as the `serde` output writes times: an RFC 3339 string in UTC with three digits of
+/// milliseconds (`2026-12-02T16:49:16.120Z`).
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let t = UNIX_EPOCH + Duration::from_millis(1_796_230_156_120);
+/// assert_eq!(actix_mongo_lock::rfc3339(t), "2026-12-02T16:49:16.120Z");
+/// ```
+#[cfg(feature = "serde")]
+pub fn rfc3339(t: SystemTime) -> String {
+    rfc3339::format(t)
 }
 
 /// Times in the `serde` output: RFC 3339 strings in UTC, always with three digits of
@@ -692,7 +802,7 @@ mod rfc3339 {
     }
 
     /// `t` to the millisecond, in the proleptic Gregorian calendar (years 0000 to 9999).
-    fn format(t: SystemTime) -> String {
+    pub(crate) fn format(t: SystemTime) -> String {
         let ms = match t.duration_since(UNIX_EPOCH) {
             Ok(after) => after.as_millis() as i64,
             Err(before) => -(before.duration().as_millis() as i64),

@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! { resource: "<name>-<resource_id>",                 // unique index
-//!   exclusive: { lockId, owner, host, comment, createdAt, renewedAt, expiresAt, acquired },
+//!   exclusive: { lockId, owner, host, comment, createdAt, renewedAt, expiresAt, acquired,
+//!                fenced },                               // fenced: ours, see store/revoke.rs
 //!   shared:    { count, locks: [...], maxHolders },   // square/mongo-lock's SLock holds
 //!                                                      //   (store/shared.rs), + our limit
 //!   fence:     <int64, +1 on every grant>,            // ours; Go clients ignore it
 //!   rev:       <int64, +1 on every shared write>,     // ours (store/shared.rs)
 //!   turn:      { manager, until, next },              // ours: the line of waiting managers
-//!   line:      [manager, ...] }                       //   (crate::line); Go clients ignore them
+//!   line:      [manager, ...],                        //   (crate::line); Go clients ignore them
+//!   revoked:   { fence, reason, at } }                //   ours: the last revocation
 //! ```
 //!
 //! Documents are never deleted (but for a duplicate a grant just inserted, see `sole_document`):
@@ -33,8 +35,9 @@ use crate::error::{server_code, DriverResult, LockError};
 use crate::line::{
     successor, turn_until, LineEvent, LineView, Successor, Turn, TurnAfter, TURN_LIFE,
 };
-use crate::messages::{HoldStatus, LockGrant, LockId, ResourceId};
+use crate::messages::{HoldStatus, LineStatus, LockGrant, LockId, ResourceId};
 
+mod revoke;
 mod shared;
 pub(crate) use shared::{HoldKind, SharedGrant};
 
@@ -56,6 +59,8 @@ const NO_CHANGE_STREAMS: [i32; 4] = [40573, 40324, 115, 59];
 pub struct MongoStore {
     client: Client,
     collection: Collection<Document>,
+    /// The lock family's name, as metrics label it.
+    family: String,
     prefix: String,
     owner: String,
     host: String,
@@ -88,12 +93,18 @@ impl MongoStore {
         MongoStore {
             client,
             collection,
+            family: config.name.clone(),
             prefix: format!("{}-", config.name),
             owner: config.owner.clone(),
             host: config.host.clone(),
             request_timeout: config.request_timeout,
             seen: shared::SeenDocuments::default(),
         }
+    }
+
+    /// The lock family's name.
+    pub(crate) fn family(&self) -> &str {
+        &self.family
     }
 
     /// The collection's name.
@@ -107,7 +118,7 @@ impl MongoStore {
     /// the request's future makes the driver close its connection.
     async fn bounded<T>(
         &self,
-        request: &str,
+        request: &'static str,
         work: impl std::future::Future<Output = Result<T, LockError>>,
     ) -> Result<T, LockError> {
         self.bounded_within(self.request_timeout, request, work)
@@ -119,9 +130,10 @@ impl MongoStore {
     async fn bounded_within<T>(
         &self,
         limit: Duration,
-        request: &str,
+        request: &'static str,
         work: impl std::future::Future<Output = Result<T, LockError>>,
     ) -> Result<T, LockError> {
+        crate::metrics::request(&self.family, request);
         let limit = limit.min(self.request_timeout);
         match tokio::time::timeout(limit, work).await {
             Ok(answer) => answer,
@@ -788,6 +800,7 @@ impl MongoStore {
             live: expires_at.is_none_or(|t| t > now),
             shared: false,
             shared_holders: 0,
+            line: line_status(stored, now)?,
         }))
     }
 
@@ -895,6 +908,9 @@ impl MongoStore {
             "renewedAt": renewed_at.map_or(Bson::Null, |t| Bson::DateTime(DateTime::from_system_time(t))),
             "expiresAt": DateTime::from_system_time(expires_at),
             "acquired": true,
+            // Ours (Go clients ignore it): the document's `fence` is this hold's, which a
+            // revocation by fence relies on (store/revoke.rs). A Go hold lacks it.
+            "fenced": true,
         }
     }
 }
@@ -916,6 +932,17 @@ fn released() -> Document {
 /// How many times a release tries to name whom it wakes before it releases plainly: the
 /// line it guessed from moved each time (managers joining, leaving, their turns passed on).
 const RELEASE_ROUNDS: usize = 3;
+
+/// `stored`'s line as [`HoldStatus`] shows it.
+fn line_status(stored: &Document, now: SystemTime) -> Result<LineStatus, LockError> {
+    let view = line_view(stored, now)?;
+    let turn = view.live_turn(now).cloned();
+    let mut line = LineStatus::default();
+    line.turn = turn.as_ref().map(|turn| turn.manager.clone());
+    line.turn_until = turn.map(|turn| turn.until);
+    line.waiting = view.line;
+    Ok(line)
+}
 
 /// A resource's line and hold as `stored` shows them.
 ///

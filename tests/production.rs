@@ -502,10 +502,11 @@ fn to_ms(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
 }
 
-/// The published crate installs no binaries: `lock-contender` is a test tool, built as an
-/// example (`cargo install` installs only bin targets). Read from `cargo metadata`.
+/// The published crate installs one binary, the operator's tool `amlock`, and only when asked
+/// for (`--features cli`); `lock-contender` is a test tool, built as an example (`cargo
+/// install` installs only bin targets). Read from `cargo metadata`.
 #[test]
-fn the_crate_publishes_no_binaries() {
+fn the_crate_publishes_only_the_operators_tool_and_only_with_its_feature() {
     let output = std::process::Command::new(env!("CARGO"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
@@ -527,9 +528,13 @@ fn the_crate_publishes_no_binaries() {
     let bins: Vec<_> = targets
         .iter()
         .filter(|t| kinds(t).contains("\"bin\""))
-        .map(|t| t["name"].clone())
+        .map(|t| (t["name"].clone(), t["required-features"].clone()))
         .collect();
-    assert!(bins.is_empty(), "binaries a user would install: {bins:?}");
+    assert_eq!(
+        bins,
+        vec![(serde_json::json!("amlock"), serde_json::json!(["cli"]))],
+        "binaries a user would install, with the features they need"
+    );
     assert!(
         targets
             .iter()

@@ -196,6 +196,7 @@ fn held(lock_id: &str, now: DateTime, ttl_ms: i64) -> Document {
         "renewedAt": Bson::Null,
         "expiresAt": plus_ms(now, ttl_ms),
         "acquired": true,
+        "fenced": true,
     }
 }
 

@@ -38,11 +38,21 @@ impl Core {
                 answered => answered,
             }
         };
+        let mode = crate::metrics::mode(msg.mode.is_shared());
         match attempt {
-            Ok(Some(grant)) => self.deliver(grant, caller, msg.keep_alive),
-            Ok(None) => Err(LockError::AlreadyLocked {
-                resource_id: resource.to_string(),
-            }),
+            Ok(Some(grant)) => {
+                let delivered = self.deliver(grant, caller, msg.keep_alive);
+                if delivered.is_ok() {
+                    crate::metrics::granted(&self.config.name, "lock", mode);
+                }
+                delivered
+            }
+            Ok(None) => {
+                crate::metrics::refused(&self.config.name, mode);
+                Err(LockError::AlreadyLocked {
+                    resource_id: resource.to_string(),
+                })
+            }
             Err(e) => {
                 // A transient error may have lost the reply of a grant that was made.
                 self.release_if_uncertain(lock_id, ttl, e.outcome_unknown());

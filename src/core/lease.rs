@@ -100,7 +100,7 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
             () = core.drain.closing() => {
                 // Close releases every hold still held here: its holder must stop now.
                 if core.holds.get(&grant.lock_id).is_some() {
-                    tell(&keep_alive.notify, &grant, LostReason::Closing);
+                    tell(&core, &keep_alive.notify, &grant, LostReason::Closing);
                 }
                 return;
             }
@@ -126,7 +126,8 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
             Ok(Ok(None)) => {
                 // Unlocked while the renewal was on its way: not a loss.
                 if core.forget_hold(&grant.lock_id) {
-                    tell(&keep_alive.notify, &grant, LostReason::Gone);
+                    let revoked = core.revocation_of(&grant).await;
+                    tell_why(&core, &keep_alive.notify, &grant, revoked);
                 }
                 return;
             }
@@ -136,7 +137,7 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
         let left = core.clock.until(expires_at);
         if left <= interval {
             if core.holds.get(&grant.lock_id).is_some() {
-                tell(&keep_alive.notify, &grant, LostReason::Unreachable);
+                tell(&core, &keep_alive.notify, &grant, LostReason::Unreachable);
             }
             return;
         }
@@ -148,14 +149,54 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
     }
 }
 
-fn tell(notify: &Option<Recipient<LeaseLost>>, grant: &LockGrant, reason: LostReason) {
-    tracing::warn!(?reason, "lease lost");
+impl Core {
+    /// Why the server found `grant`'s hold gone: the reason of an operator's revocation of it
+    /// (one read), or `None` for an expiry, a purge or a takeover, or if the read fails (the
+    /// hold is gone either way; the holder is told at once, not after retries).
+    async fn revocation_of(&self, grant: &LockGrant) -> Option<String> {
+        match self.store.revocation(&grant.resource_id, grant.fence).await {
+            Ok(reason) => reason,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read whether the hold was revoked");
+                None
+            }
+        }
+    }
+}
+
+fn tell(core: &Core, notify: &Option<Recipient<LeaseLost>>, grant: &LockGrant, reason: LostReason) {
+    send_lost(core, notify, grant, reason, None);
+}
+
+/// Tells a hold the server found gone: revoked (with the operator's reason) or just gone.
+fn tell_why(
+    core: &Core,
+    notify: &Option<Recipient<LeaseLost>>,
+    grant: &LockGrant,
+    revoked: Option<String>,
+) {
+    match revoked {
+        Some(because) => send_lost(core, notify, grant, LostReason::Revoked, Some(because)),
+        None => send_lost(core, notify, grant, LostReason::Gone, None),
+    }
+}
+
+fn send_lost(
+    core: &Core,
+    notify: &Option<Recipient<LeaseLost>>,
+    grant: &LockGrant,
+    reason: LostReason,
+    revoked_because: Option<String>,
+) {
+    tracing::warn!(?reason, ?revoked_because, "lease lost");
+    crate::metrics::lease_lost(&core.config.name, crate::metrics::reason(reason));
     if let Some(recipient) = notify {
         recipient.do_send(LeaseLost {
             lock_id: grant.lock_id.clone(),
             resource_id: grant.resource_id.clone(),
             fence: grant.fence,
             reason,
+            revoked_because,
         });
     }
 }

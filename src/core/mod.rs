@@ -37,7 +37,10 @@ use crate::drain::{Drain, InFlight};
 use crate::error::LockError;
 use crate::line::Lines;
 use crate::local::{LocalHolds, LocalWaiters};
-use crate::messages::{CloseReport, HoldStatus, ResourceId};
+use crate::messages::{CloseReport, HoldStatus, ResourceId, RevokeOutcome};
+
+/// The longest reason a [`Revoke`](crate::Revoke) may give, in bytes.
+const MAX_REVOKE_REASON_LEN: usize = 512;
 use crate::purger::{Purged, Purger, StopPurger};
 use crate::server::{self, Verdict};
 use crate::store::MongoStore;
@@ -88,7 +91,7 @@ impl Core {
         );
         let drain = Drain::new();
         let waiters: Rc<LocalWaiters> = Rc::default();
-        let lines = Rc::new(Lines::new());
+        let lines = Rc::new(Lines::new(&config.owner, &config.host));
         let release_watch = ReleaseWatch::new(
             store.clone(),
             Rc::clone(&waiters),
@@ -217,5 +220,40 @@ impl Core {
 
     pub(crate) async fn list_holds(&self) -> Result<Vec<HoldStatus>, LockError> {
         self.store.list_holds(self.clock.now()).await
+    }
+
+    /// Ends `resource_id`'s live hold that drew `fence` ([`Revoke`](crate::Revoke)).
+    pub(crate) async fn revoke(
+        &self,
+        resource_id: String,
+        fence: i64,
+        reason: String,
+    ) -> Result<RevokeOutcome, LockError> {
+        let resource = ResourceId::new(resource_id)?;
+        if fence < 1 {
+            return Err(LockError::InvalidRevoke {
+                reason: "a fence is 1 or more",
+            });
+        }
+        if reason.len() > MAX_REVOKE_REASON_LEN {
+            return Err(LockError::InvalidRevoke {
+                reason: "the reason is longer than 512 bytes",
+            });
+        }
+        let revoked = self
+            .store
+            .revoke(&resource, fence, &reason, self.clock.now())
+            .await?;
+        Ok(match revoked {
+            Some(hold) => {
+                tracing::warn!(owner = ?hold.owner, host = ?hold.host, fence, %reason, "hold revoked");
+                RevokeOutcome::Revoked {
+                    owner: hold.owner,
+                    host: hold.host,
+                    shared: hold.shared,
+                }
+            }
+            None => RevokeOutcome::NotHeld,
+        })
     }
 }

@@ -149,6 +149,12 @@ impl Core {
         let Some(hold) = self.holds.remove(lock_id) else {
             return false;
         };
+        let held = self
+            .clock
+            .now()
+            .duration_since(hold.granted_at)
+            .unwrap_or_default();
+        crate::metrics::held(&self.config.name, held, crate::metrics::mode(hold.shared));
         self.waiters.wake_head(&hold.resource_id);
         true
     }

@@ -27,6 +27,30 @@ impl Core {
         msg: Acquire,
         caller: &Caller,
     ) -> Result<LockGrant, LockError> {
+        let arrived = Instant::now();
+        let mode = crate::metrics::mode(msg.mode.is_shared());
+        let answer = self.wait_for_grant(msg, caller).await;
+        let outcome = match &answer {
+            Ok(_) => {
+                crate::metrics::granted(&self.config.name, "acquire", mode);
+                "granted"
+            }
+            Err(LockError::AcquireTimeout { .. } | LockError::AcquireMaxRetries { .. }) => {
+                "timeout"
+            }
+            Err(LockError::Unavailable { .. }) => "unavailable",
+            Err(LockError::Closing) => "closing",
+            Err(_) => "error",
+        };
+        crate::metrics::acquire_waited(&self.config.name, arrived.elapsed(), outcome);
+        answer
+    }
+
+    async fn wait_for_grant(
+        self: &Rc<Self>,
+        msg: Acquire,
+        caller: &Caller,
+    ) -> Result<LockGrant, LockError> {
         let limit = msg.mode.checked_limit()?;
         let (resource, lock_id) = new_request(msg.resource_id)?;
         let ttl = self.lease(msg.ttl)?;

@@ -114,13 +114,21 @@ impl ReleaseWatch {
         let state = self.state.get();
         let retry_due = matches!(state, StreamState::Fallback(Some(at)) if Instant::now() >= at);
         if state == StreamState::Idle || retry_due {
-            self.state.set(StreamState::Opening);
+            self.set_state(StreamState::Opening);
             let span = tracing::debug_span!("release_watch");
             actix_rt::spawn(Rc::clone(self).run().instrument(span));
         }
         Watching {
             watch: Rc::clone(self),
             resource: resource.clone(),
+        }
+    }
+
+    /// The stream's state, told to metrics (`amlock_stream_up`) as it changes.
+    fn set_state(&self, state: StreamState) {
+        let was = self.state.replace(state);
+        if (was == StreamState::Streaming) != (state == StreamState::Streaming) {
+            crate::metrics::stream_up(self.store.family(), state == StreamState::Streaming);
         }
     }
 
@@ -135,7 +143,7 @@ impl ReleaseWatch {
     async fn run(self: Rc<Self>) {
         let mut streamed = false;
         match self.stream_while_watched(&mut streamed).await {
-            Ok(()) => self.state.set(StreamState::Idle),
+            Ok(()) => self.set_state(StreamState::Idle),
             Err(reason) => {
                 self.fall_back(reason);
                 if streamed {
@@ -183,7 +191,7 @@ impl ReleaseWatch {
                     continue;
                 }
             };
-            self.state.set(StreamState::Streaming);
+            self.set_state(StreamState::Streaming);
             *streamed = true;
             tracing::debug!(resumed = resume.is_some(), "release stream open");
             // A release between a waiter's refused probe and this moment was not streamed.
@@ -247,7 +255,7 @@ impl ReleaseWatch {
                     }
                 }
             }
-            self.state.set(StreamState::Opening);
+            self.set_state(StreamState::Opening);
             if failures >= FAILURES_BEFORE_FALLBACK {
                 return Err(FallbackReason::Failing);
             }
@@ -261,7 +269,7 @@ impl ReleaseWatch {
             FallbackReason::Unsupported => None,
             FallbackReason::Failing => Some(Instant::now() + FALLBACK_COOLDOWN),
         };
-        self.state.set(StreamState::Fallback(retry_at));
+        self.set_state(StreamState::Fallback(retry_at));
         if self.told_fallback.replace(true) {
             tracing::debug!(?reason, "waiting by probing");
         } else {

@@ -556,6 +556,7 @@ impl MongoStore {
     ) -> Result<Vec<HoldStatus>, LockError> {
         let locks = shared_locks(stored);
         let live = live_entries(&locks, now)?.len();
+        let line = super::line_status(stored, now)?;
         let mut statuses = Vec::with_capacity(locks.len());
         for entry in &locks {
             let Some(entry) = entry.as_document() else {
@@ -573,6 +574,7 @@ impl MongoStore {
                 live: expires_at.is_none_or(|t| t > now),
                 shared: true,
                 shared_holders: live,
+                line: line.clone(),
             });
         }
         Ok(statuses)

@@ -30,6 +30,18 @@ pub fn binary() -> String {
 /// The executable of the example `name`, built (or found up to date) once per test process,
 /// as [`binary`] builds `lock-contender`.
 pub fn example_binary(name: &str) -> String {
+    built_binary(name, &["--example", name], "examples")
+}
+
+/// The executable of the crate's binary `name`, built with `features` (or found up to date)
+/// once per test process, as [`example_binary`] builds an example.
+pub fn crate_binary(name: &str, features: &str) -> String {
+    built_binary(name, &["--bin", name, "--features", features], "")
+}
+
+/// `cargo build --quiet TARGET` in this test's profile and target directory; the executable
+/// `name` in `subdir` of the profile's directory.
+fn built_binary(name: &str, target: &[&str], subdir: &str) -> String {
     static BUILT: OnceLock<std::sync::Mutex<BTreeMap<String, String>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(Default::default)
@@ -39,7 +51,7 @@ pub fn example_binary(name: &str) -> String {
         return path.clone();
     }
     // This test runs as target/<profile>/deps/<test>-<hash>; examples go to
-    // target/<profile>/examples/.
+    // target/<profile>/examples/, binaries to target/<profile>/.
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe
         .parent()
@@ -48,7 +60,8 @@ pub fn example_binary(name: &str) -> String {
     let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
     build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--example", name]);
+        .args(["build", "--quiet"])
+        .args(target);
     if profile_dir
         .file_name()
         .is_some_and(|profile| profile == "release")
@@ -61,11 +74,12 @@ pub fn example_binary(name: &str) -> String {
     let output = build.output().expect("cargo runs");
     assert!(
         output.status.success(),
-        "cargo build --example {name} failed: {}",
+        "cargo build {} failed: {}",
+        target.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
     let path: PathBuf = profile_dir
-        .join("examples")
+        .join(subdir)
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(path.exists(), "{} was not built", path.display());
     let path = path.to_string_lossy().into_owned();
