@@ -593,7 +593,7 @@ pub enum LostReason {
     Closing,
     /// An operator revoked the hold by its fence ([`Revoke`]); [`LeaseLost::revoked_because`]
     /// says why. Told at the first renewal after the revocation: within a third of the lease
-    /// plus `request_timeout`.
+    /// plus `request_timeout`, before the lease ends (nobody else is granted before that).
     Revoked,
 }
 
@@ -641,17 +641,22 @@ impl Status {
 
 /// End the hold of a resource that drew `fence`, whoever holds it, and only that hold: an
 /// operator's tool for a holder that is stuck (alive, renewing, not working). A stale fence (the
-/// hold ended, a later one drew a higher fence) changes nothing in the database. The hold's
-/// keep-alive tells its holder [`LeaseLost`] with [`LostReason::Revoked`] at its next renewal
-/// (within a third of its lease plus `request_timeout`); a holder without keep-alive learns it
-/// when its `Renew` answers [`LockError::LockLost`], and its `Unlock` answers
-/// [`UnlockOutcome::NotHeld`]. The line of waiting managers is woken as by any release.
+/// hold ended, a later one drew a higher fence) changes nothing in the database.
+///
+/// The hold is retired, not released at once: from the revocation on nobody can renew or
+/// unlock it, so it ends when its current lease does (at most one lease, `ttl`, later), and
+/// nobody else is granted the resource before then. Its keep-alive tells its holder
+/// [`LeaseLost`] with [`LostReason::Revoked`] at its next renewal (within a third of its lease
+/// plus `request_timeout`), which is before the lease ends: the holder is told before anyone
+/// else can be granted, as with every loss. A holder without keep-alive learns it when its
+/// `Renew` answers [`LockError::LockLost`]; its `Unlock` answers [`UnlockOutcome::NotHeld`]. The
+/// line of waiting managers is served when the lease ends, as after any expiry.
 ///
 /// Revocable: every exclusive or shared hold this crate granted. Not a hold of a Go client
 /// (dplock over square/mongo-lock), which draws no fence of its own.
 ///
 /// Answers [`RevokeOutcome`]; [`LockError::InvalidRevoke`] for a fence below 1 or a reason
-/// longer than 512 bytes, with nothing written. Three requests (one if the fence is stale).
+/// longer than 512 bytes, with nothing written. Two requests (one if the fence is stale).
 ///
 /// ```
 /// use actix_mongo_lock::Revoke;
@@ -695,7 +700,7 @@ impl Revoke {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "outcome", rename_all = "snake_case"))]
 pub enum RevokeOutcome {
-    /// The hold that drew the fence was live and is released.
+    /// The hold that drew the fence was live: it is retired, and ends when its lease does.
     #[non_exhaustive]
     Revoked {
         /// Who held it.
@@ -748,6 +753,9 @@ pub struct HoldStatus {
     pub shared_holders: usize,
     /// The managers waiting for the resource, in order (the same for every hold of it).
     pub line: LineStatus,
+    /// Whether an operator revoked it ([`Revoke`]): nobody can renew or unlock it any more, and
+    /// it ends when its lease does.
+    pub revoked: bool,
 }
 
 /// The line of managers waiting for a resource, as [`Status`] and [`ListHolds`] show it. A

@@ -801,6 +801,7 @@ impl MongoStore {
             shared: false,
             shared_holders: 0,
             line: line_status(stored, now)?,
+            revoked: exclusive.get_str("lockId").is_ok_and(revoke::retired),
         }))
     }
 

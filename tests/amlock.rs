@@ -176,12 +176,11 @@ async fn revoke_ends_exactly_the_hold_with_that_fence() {
     let outcome: Value = serde_json::from_str(revoked.stdout.trim()).expect("JSON");
     assert_eq!(outcome["outcome"], "revoked");
     assert_eq!(outcome["owner"], "stuck");
-    assert!(holder
-        .send(Status::new("ledger"))
-        .await
-        .unwrap()
-        .unwrap()
-        .is_none());
+    let retired = holder.send(Status::new("ledger")).await.unwrap().unwrap();
+    assert!(
+        retired.is_some_and(|hold| hold.revoked),
+        "retired until its lease ends"
+    );
     let (_, lost) = eventually("the holder is told", ttl, || {
         let losses = losses.losses();
         async move { losses.first().cloned() }
@@ -286,4 +285,63 @@ async fn bad_input_and_an_unreachable_database_exit_with_a_message() {
     assert_eq!(gone.code, Some(1), "{}", gone.stdout);
     assert!(gone.stderr.contains("unavailable"), "{}", gone.stderr);
     assert!(took < Duration::from_secs(10), "answered after {took:?}");
+}
+
+/// Where the server has change streams (its `hello` names a replica set: SecantusDB, MongoDB's
+/// replica sets), `watch` sees a grant and its release as they land, though it looks only every
+/// minute; on a server without them (nx-27017, a standalone) only its looks see changes, so
+/// within those seconds it prints nothing.
+#[actix_rt::test]
+async fn watch_follows_the_change_stream_where_the_server_has_one() {
+    tool();
+    let hello = support::server::client()
+        .await
+        .database("admin")
+        .run_command(mongodb::bson::doc! { "hello": 1 })
+        .await
+        .expect("hello");
+    let streams = hello.get_str("setName").is_ok();
+    let config = fast_config("amlock_stream");
+    let locks = manager(&config).await;
+    let mut args = vec![
+        "--uri".to_owned(),
+        uri(),
+        "--family".to_owned(),
+        config.name.clone(),
+    ];
+    args.extend(
+        [
+            "--database",
+            &config.database,
+            "watch",
+            "--json",
+            "--every-ms",
+            "60000",
+        ]
+        .map(str::to_owned),
+    );
+    args.extend(["--for-s".to_owned(), "6".to_owned()]);
+    let watching = actix_rt::spawn(async move { run(&args).await });
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    let grant = locks.send(Lock::new("press")).await.unwrap().unwrap();
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    locks
+        .send(Unlock::new(grant.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let ran = watching.await.unwrap();
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let events: Vec<String> = ran
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("one JSON event per line"))
+        .map(|event| event["event"].as_str().unwrap().to_owned())
+        .collect();
+    if streams {
+        assert_eq!(events, ["granted", "released"], "told by the stream");
+    } else {
+        assert!(events.is_empty(), "no stream, no look yet: {events:?}");
+    }
 }

@@ -372,3 +372,38 @@ impl Told {
         }
     }
 }
+
+/// An operator revokes the leadership by its term (the fence): the leader is told `Deposed`
+/// with `LeaseLost(Revoked)` at its next renewal, before the other candidate is elected with a
+/// higher term.
+#[actix_rt::test]
+async fn a_revoked_leadership_deposes_its_leader_before_the_next_is_elected() {
+    let config = fast_config("elect_revoke").ttl(Duration::from_secs(3));
+    let fleet = managers(&config, &["a", "b"]).await;
+    let log = Log::default();
+    let _electors = [
+        candidate(&fleet[0], "cron", "a", &log),
+        candidate(&fleet[1], "cron", "b", &log),
+    ];
+    let (first, term, _) = nth_elected(&log, 0, Duration::from_secs(5)).await;
+    let outcome = fleet[1]
+        .send(actix_mongo_lock::Revoke::new("cron", term).reason("wedged"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome, actix_mongo_lock::RevokeOutcome::Revoked { .. }),
+        "{outcome:?}"
+    );
+    let (second, next_term, elected_at) = nth_elected(&log, 1, Duration::from_secs(5)).await;
+    let (reason, deposed_at) = deposed(&log, first, term).expect("the leader was told");
+    assert_eq!(reason, DeposedReason::LeaseLost(LostReason::Revoked));
+    assert!(
+        deposed_at <= elected_at,
+        "told before the successor: {:?}",
+        log.borrow()
+    );
+    assert!(next_term > term);
+    let _ = second;
+    assert_one_leader_at_a_time(&log);
+}

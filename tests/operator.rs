@@ -53,15 +53,15 @@ async fn a_revocation_ends_the_hold_with_that_fence_and_tells_its_holder_why() {
     assert_eq!(owner.as_deref(), Some("stuck-worker"));
     assert_eq!(host, Some(config.host.clone()));
     assert!(!shared);
-    assert!(
-        operator
-            .send(Status::new("ledger"))
-            .await
-            .unwrap()
-            .unwrap()
-            .is_none(),
-        "the hold is released at once"
-    );
+    // Retired, not released: it ends with its lease, and nobody is granted before the holder
+    // is told.
+    let retired = operator.send(Status::new("ledger")).await.unwrap().unwrap();
+    let retired = retired.expect("the hold stands until its lease ends");
+    assert!(retired.revoked && retired.fence == fence, "{retired:?}");
+    assert!(matches!(
+        operator.send(Lock::new("ledger")).await.unwrap(),
+        Err(LockError::AlreadyLocked { .. })
+    ));
 
     let bound = ttl / 3 + config.request_timeout;
     let (told_at, lost) = eventually("the holder is told", bound * 2, || {
@@ -94,8 +94,24 @@ async fn a_revocation_ends_the_hold_with_that_fence_and_tells_its_holder_why() {
         unlocked(&holder, Unlock::new(grant.lock_id)).await,
         UnlockOutcome::NotHeld
     );
-    let next = operator.send(Lock::new("ledger")).await.unwrap().unwrap();
+    // The next holder is granted once the retired lease has ended, and only after the
+    // revoked holder was told.
+    let next = operator
+        .send(Acquire::new("ledger").timeout(ttl * 2))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(next.fence > fence);
+    let granted_at = Instant::now();
+    assert!(
+        granted_at > told_at,
+        "granted only after the holder was told"
+    );
+    assert!(
+        granted_at.duration_since(revoked_at) <= ttl + Duration::from_secs(2),
+        "the retired hold ended with its lease: {:?}",
+        granted_at.duration_since(revoked_at)
+    );
 }
 
 /// A revocation naming a fence that is not the live hold's (an earlier holder's, or one not
@@ -196,8 +212,15 @@ async fn a_revocation_of_a_shared_hold_ends_that_reader_only() {
         "{outcome:?}"
     );
     let holds = locks.send(ListHolds).await.unwrap().unwrap();
-    let fences: Vec<i64> = holds.iter().map(|hold| hold.fence).collect();
-    assert_eq!(fences, vec![kept.fence], "only the other reader is left");
+    let revoked: Vec<(i64, bool)> = holds
+        .iter()
+        .map(|hold| (hold.fence, hold.revoked))
+        .collect();
+    assert_eq!(
+        revoked,
+        vec![(doomed.fence, true), (kept.fence, false)],
+        "the revoked reader stands, retired, until its lease ends; the other is untouched"
+    );
     assert!(locks.send(Renew::new(kept.lock_id)).await.unwrap().is_ok());
 
     let (_, lost) = eventually("the revoked reader is told", ttl, || {
@@ -207,6 +230,10 @@ async fn a_revocation_of_a_shared_hold_ends_that_reader_only() {
     .await;
     assert_eq!(lost.reason, LostReason::Revoked);
     assert_eq!(lost.fence, doomed.fence);
+    assert!(matches!(
+        locks.send(Renew::new(doomed.lock_id)).await.unwrap(),
+        Err(LockError::LockLost)
+    ));
 }
 
 /// A hold written by a Go client (square/mongo-lock's shape: no fence of its own) is never

@@ -25,6 +25,9 @@ use actix_mongo_lock::{
     Close, HoldStatus, ListHolds, LockConfig, LockError, LockManager, Revoke, RevokeOutcome, Status,
 };
 use clap::{Parser, Subcommand};
+use mongodb::bson::Document;
+use mongodb::change_stream::event::ChangeStreamEvent;
+use mongodb::change_stream::ChangeStream;
 
 /// See and clear the holds of an actix-mongo-lock lock family.
 #[derive(Debug, Parser)]
@@ -111,15 +114,20 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         .database(cli.database.clone())
         .owner("amlock")
         .request_timeout(Duration::from_millis(cli.request_timeout_ms));
-    let manager = LockManager::connect(&uri, config)
+    let manager = LockManager::connect(&uri, config.clone())
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
-    let answer = command(&cli, &manager).await;
+    let answer = command(&cli, &manager, &uri, &config).await;
     manager.send(Close).await.ok();
     answer.map_err(|e| e.to_string())
 }
 
-async fn command(cli: &Cli, manager: &Addr<LockManager>) -> Result<ExitCode, LockError> {
+async fn command(
+    cli: &Cli,
+    manager: &Addr<LockManager>,
+    uri: &str,
+    config: &LockConfig,
+) -> Result<ExitCode, LockError> {
     let asked = |e: actix::MailboxError| LockError::from(e);
     match &cli.command {
         Command::List => {
@@ -163,7 +171,8 @@ async fn command(cli: &Cli, manager: &Addr<LockManager>) -> Result<ExitCode, Loc
                     if !cli.json {
                         let mode = if shared { "shared" } else { "exclusive" };
                         println!(
-                            "{resource}: revoked the {mode} hold with fence {fence} of {}@{}",
+                            "{resource}: revoked the {mode} hold with fence {fence} of {}@{}; \
+                             it ends with its lease, its holder told first",
                             owner.as_deref().unwrap_or("?"),
                             host.as_deref().unwrap_or("?")
                         );
@@ -179,20 +188,48 @@ async fn command(cli: &Cli, manager: &Addr<LockManager>) -> Result<ExitCode, Loc
             });
         }
         Command::Watch { every_ms, for_s } => {
-            watch(cli, manager, Duration::from_millis(*every_ms), *for_s).await?;
+            let changes = change_stream(uri, config).await;
+            let every = Duration::from_millis(*every_ms);
+            watch(cli, manager, changes, every, *for_s).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// A change stream of the lock family's collection.
+type Changes = ChangeStream<ChangeStreamEvent<Document>>;
+
+/// Changes of the lock family's collection, where the server has change streams (a replica
+/// set): `watch` then looks as soon as a write lands. `None` on a server without them (a
+/// standalone, nx-27017) or if the stream does not open within `request_timeout`: `watch`
+/// then looks every `--every-ms` only.
+async fn change_stream(uri: &str, config: &LockConfig) -> Option<Changes> {
+    let open = async {
+        let client = mongodb::Client::with_uri_str(uri).await.ok()?;
+        client
+            .database(&config.database)
+            .collection::<Document>(&config.collection_name())
+            .watch()
+            .await
+            .ok()
+    };
+    tokio::time::timeout(config.request_timeout, open)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Prints what changed between two looks: holds granted, renewed and released, and lines that
-/// moved, one line each.
+/// moved, one line each. Looks every `every`, and at once after each change the stream (if
+/// any) tells of; lease ends are no writes, so only the looks see them.
 async fn watch(
     cli: &Cli,
     manager: &Addr<LockManager>,
+    mut changes: Option<Changes>,
     every: Duration,
     for_s: Option<f64>,
 ) -> Result<(), LockError> {
+    use futures::StreamExt;
     let until = for_s.map(|s| std::time::Instant::now() + Duration::from_secs_f64(s));
     let mut seen: BTreeMap<(String, i64), HoldStatus> = BTreeMap::new();
     let mut first = true;
@@ -225,7 +262,21 @@ async fn watch(
         if until.is_some_and(|until| std::time::Instant::now() >= until) {
             return Ok(());
         }
-        tokio::time::sleep(every).await;
+        let pause = until.map_or(every, |until| {
+            every.min(until.saturating_duration_since(std::time::Instant::now()))
+        });
+        match changes.as_mut() {
+            Some(stream) => {
+                tokio::select! {
+                    event = stream.next() => if !matches!(event, Some(Ok(_))) {
+                        // The stream ended or failed: looking every `every` goes on.
+                        changes = None;
+                    },
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            None => tokio::time::sleep(pause).await,
+        }
     }
 }
 
@@ -249,16 +300,20 @@ fn print_event(cli: &Cli, event: &str, hold: &HoldStatus) {
 
 fn print_table(holds: &[HoldStatus]) {
     println!(
-        "{:<24} {:>6} {:<9} {:<5} {:<28} {:<24} WAITING",
+        "{:<24} {:>6} {:<9} {:<7} {:<28} {:<24} WAITING",
         "RESOURCE", "FENCE", "MODE", "LIVE", "HOLDER", "EXPIRES"
     );
     for hold in holds {
         println!(
-            "{:<24} {:>6} {:<9} {:<5} {:<28} {:<24} {}",
+            "{:<24} {:>6} {:<9} {:<7} {:<28} {:<24} {}",
             hold.resource_id.to_string(),
             hold.fence,
             if hold.shared { "shared" } else { "exclusive" },
-            if hold.live { "yes" } else { "no" },
+            match (hold.live, hold.revoked) {
+                (true, true) => "revoked",
+                (true, false) => "yes",
+                (false, _) => "no",
+            },
             holder(hold),
             hold.expires_at.map_or("never".to_owned(), rfc3339),
             waiting(hold)

@@ -4,20 +4,24 @@
 //! document is read, and the hold that drew the fence is found in it: the exclusive hold if it
 //! was granted by this crate (`exclusive.fenced`, which our grants write and square/mongo-lock's
 //! do not: a Go hold carries no fence of its own, and the document's `fence` beside it is an
-//! earlier grant's), or the shared hold whose entry carries the fence. Its lock id is then
-//! released as an `Unlock` of it would be, so a later hold (another lock id) is never touched,
-//! and the line of waiting managers is woken as by any release.
+//! earlier grant's), or the shared hold whose entry carries the fence.
 //!
-//! Before the release, a `revoked: {fence, reason, at}` marker is written on the condition
-//! that the hold is still there; the holder's keep-alive, told by the server that its hold is
-//! gone, reads it and tells its holder [`LostReason::Revoked`](crate::LostReason::Revoked)
-//! rather than `Gone`. Three requests (a `find`, the marker, the release; a release whose line
-//! moved on the way costs a `find` and an update more). A stale fence costs the `find` only and
+//! The hold is **retired**, not released: its lock id is rewritten to `revoked:<lock id>` in
+//! the same write that records `revoked: {fence, reason, at}`, on the condition that the hold is
+//! as read. From then on nobody can renew or unlock it (no lock id matches), so it ends when its
+//! lease does, and nobody else is granted the resource before then. Its holder's keep-alive,
+//! told by its next renewal that the hold is gone, reads the marker and tells the holder
+//! [`LostReason::Revoked`](crate::LostReason::Revoked): within a third of the lease plus
+//! `request_timeout`, before the lease ends. So the rule every loss keeps holds for a
+//! revocation too: the holder is told before anyone else can be granted the resource. (A
+//! release at once would let a waiter in while the revoked holder, told nothing yet, still
+//! acts; only fencing would stand between them.) Two requests: a `find` and the write (a
+//! renewal landing in between costs another pair); a stale fence costs the `find` only and
 //! writes nothing.
 
 use std::time::SystemTime;
 
-use mongodb::bson::{doc, DateTime, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 
 use super::shared::{live_entries, shared_locks};
 use super::{as_integer, corrupt, read_date, read_fence, MongoStore};
@@ -57,36 +61,49 @@ impl MongoStore {
         let Some((lock_id, hold)) = hold_with_fence(&stored, fence, now)? else {
             return Ok(None);
         };
-        let held_path = if hold.shared {
-            "shared.locks.lockId"
-        } else {
-            "exclusive.lockId"
+        let marker = doc! {
+            "fence": fence,
+            "reason": reason,
+            "at": DateTime::from_system_time(now),
         };
-        let marked = self
-            .bounded("revoke_mark", async {
+        let retired = if hold.shared {
+            self.retire_shared(&name, &lock_id, marker, now).await?
+        } else {
+            self.retire_exclusive(&name, &stored, &lock_id, marker)
+                .await?
+        };
+        Ok(retired.then_some(hold))
+    }
+
+    /// Rewrites the exclusive hold `lock_id` of `stored` (document `name`) as retired, with the
+    /// revocation `marker`, if it is still as read.
+    async fn retire_exclusive(
+        &self,
+        name: &str,
+        stored: &Document,
+        lock_id: &LockId,
+        marker: Document,
+    ) -> Result<bool, LockError> {
+        let exclusive = stored.get_document("exclusive").map_err(corrupt)?;
+        let mut retired = exclusive.clone();
+        retired.insert("lockId", retired_id(lock_id));
+        let filter = doc! {
+            "resource": name,
+            "exclusive.lockId": lock_id.as_str(),
+            "exclusive.expiresAt": exclusive.get("expiresAt").cloned().unwrap_or(Bson::Null),
+        };
+        let written = self
+            .bounded("revoke", async {
                 self.collection
                     .update_one(
-                        doc! { "resource": &name, held_path: lock_id.as_str() },
-                        doc! { "$set": { "revoked": {
-                            "fence": fence,
-                            "reason": reason,
-                            "at": DateTime::from_system_time(now),
-                        } } },
+                        filter,
+                        doc! { "$set": { "exclusive": retired, "revoked": marker } },
                     )
                     .await
                     .db()
             })
             .await?;
-        if marked.matched_count == 0 {
-            // Released or ended between the read and the marker: not this revocation's.
-            return Ok(None);
-        }
-        let released = if hold.shared {
-            self.release_shared(&lock_id, Some(resource), now).await?
-        } else {
-            self.release(&lock_id, None, now).await?
-        };
-        Ok(released.then_some(hold))
+        Ok(written.matched_count > 0)
     }
 
     /// The reason `resource`'s hold that drew `fence` was revoked, if it was: what a holder
@@ -138,8 +155,21 @@ fn hold_with_fence(
     Ok(None)
 }
 
+/// The lock id a retired hold is stored under: no caller's lock id, so none renews or unlocks it.
+pub(super) fn retired_id(lock_id: &LockId) -> String {
+    format!("{RETIRED}{lock_id}")
+}
+
+/// Whether a stored lock id is a retired hold's.
+pub(crate) fn retired(stored_lock_id: &str) -> bool {
+    stored_lock_id.starts_with(RETIRED)
+}
+
+const RETIRED: &str = "revoked:";
+
 fn held_by(hold: &Document, shared: bool) -> Option<(LockId, RevokedHold)> {
-    // Only this crate's holds carry a fence, and their ids are this crate's.
+    // Only this crate's holds carry a fence, and their ids are this crate's; a retired hold's
+    // is not one, so it cannot be revoked twice.
     let lock_id = LockId::parse(hold.get_str("lockId").ok()?).ok()?;
     Some((
         lock_id,

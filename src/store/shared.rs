@@ -270,6 +270,47 @@ impl MongoStore {
         .await
     }
 
+    /// Retires the live shared hold `lock_id` of the document `name` (a revocation,
+    /// `store/revoke.rs`): its entry's lock id is rewritten so nobody renews or releases it, and
+    /// it ends with its lease; `marker` is written as `revoked` in the same write. `false` if
+    /// the hold is not live any more.
+    pub(super) async fn retire_shared(
+        &self,
+        name: &str,
+        lock_id: &LockId,
+        marker: Document,
+        now: SystemTime,
+    ) -> Result<bool, LockError> {
+        self.bounded("revoke", async {
+            let (retired, _) = self
+                .shared_write(name, None, |seen| {
+                    let Some(stored) = seen else {
+                        return Ok(Plan::Answer(false));
+                    };
+                    let mut live = live_entries(&shared_locks(stored), now)?;
+                    let Some(entry) = live
+                        .iter_mut()
+                        .find(|entry| entry_lock_id(entry) == Some(lock_id.as_str()))
+                        .and_then(Bson::as_document_mut)
+                    else {
+                        return Ok(Plan::Answer(false));
+                    };
+                    entry.insert("lockId", super::revoke::retired_id(lock_id));
+                    Ok(Plan::Write {
+                        condition: doc! {},
+                        update: doc! {
+                            "$set": { "shared": shared_written(stored, live), "revoked": marker.clone() },
+                            "$inc": { "rev": 1_i64 },
+                        },
+                        answer: true,
+                    })
+                })
+                .await?;
+            Ok(retired)
+        })
+        .await
+    }
+
     /// Extends the live shared hold `lock_id` to `now + ttl`; `Ok(None)` if it is not live
     /// (strictly: an expired hold is never revived).
     pub(crate) async fn renew_shared(
@@ -575,6 +616,7 @@ impl MongoStore {
                 shared: true,
                 shared_holders: live,
                 line: line.clone(),
+                revoked: entry.get_str("lockId").is_ok_and(super::revoke::retired),
             });
         }
         Ok(statuses)
