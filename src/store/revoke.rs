@@ -38,7 +38,10 @@ pub(crate) struct RevokedHold {
 
 impl MongoStore {
     /// Ends the live hold of `resource` that drew `fence`, telling its holder `reason`;
-    /// `None` if no live hold of the resource drew it (nothing is written then).
+    /// `None` if no live hold of the resource drew it (nothing is written then). A renewal
+    /// landing between the read and the write of an exclusive hold misses the write's
+    /// condition; the hold is then read again, [`REVOKE_ROUNDS`] times at most (a shared
+    /// hold's compare-and-set does the same on its own).
     pub(crate) async fn revoke(
         &self,
         resource: &ResourceId,
@@ -47,32 +50,42 @@ impl MongoStore {
         now: SystemTime,
     ) -> Result<Option<RevokedHold>, LockError> {
         let name = self.stored_name(resource);
-        let found = self
-            .bounded("revoke_find", async {
-                self.collection
-                    .find_one(doc! { "resource": &name })
-                    .await
-                    .db()
-            })
-            .await?;
-        let Some(stored) = found else {
-            return Ok(None);
-        };
-        let Some((lock_id, hold)) = hold_with_fence(&stored, fence, now)? else {
-            return Ok(None);
-        };
         let marker = doc! {
             "fence": fence,
             "reason": reason,
             "at": DateTime::from_system_time(now),
         };
-        let retired = if hold.shared {
-            self.retire_shared(&name, &lock_id, marker, now).await?
-        } else {
-            self.retire_exclusive(&name, &stored, &lock_id, marker)
-                .await?
-        };
-        Ok(retired.then_some(hold))
+        for _ in 0..REVOKE_ROUNDS {
+            let found = self
+                .bounded("revoke_find", async {
+                    self.collection
+                        .find_one(doc! { "resource": &name })
+                        .await
+                        .db()
+                })
+                .await?;
+            let Some(stored) = found else {
+                return Ok(None);
+            };
+            let Some((lock_id, hold)) = hold_with_fence(&stored, fence, now)? else {
+                return Ok(None);
+            };
+            let retired = if hold.shared {
+                self.retire_shared(&name, &lock_id, marker.clone(), now)
+                    .await?
+            } else {
+                self.retire_exclusive(&name, &stored, &lock_id, marker.clone())
+                    .await?
+            };
+            if retired || hold.shared {
+                return Ok(retired.then_some(hold));
+            }
+        }
+        tracing::warn!(
+            fence,
+            "the hold kept changing under the revocation; nothing written"
+        );
+        Ok(None)
     }
 
     /// Rewrites the exclusive hold `lock_id` of `stored` (document `name`) as retired, with the
@@ -166,6 +179,10 @@ pub(crate) fn retired(stored_lock_id: &str) -> bool {
 }
 
 const RETIRED: &str = "revoked:";
+
+/// How many times a revocation reads an exclusive hold again after a renewal changed it between
+/// its read and its write (renewals come a third of a lease apart, a round trip is far shorter).
+const REVOKE_ROUNDS: usize = 3;
 
 fn held_by(hold: &Document, shared: bool) -> Option<(LockId, RevokedHold)> {
     // Only this crate's holds carry a fence, and their ids are this crate's; a retired hold's
