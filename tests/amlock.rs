@@ -5,8 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use actix::Actor;
-use actix_mongo_lock::{Acquire, KeepAlive, Lock, LockConfig, LostReason, Status, Unlock};
+use actix_mongo_lock::{Acquire, Lock, LockConfig, LostReason, Status, Unlock};
 use serde_json::Value;
 use support::contender::crate_binary;
 use support::losses::LossCollector;
@@ -55,6 +54,38 @@ async fn run(args: &[String]) -> Ran {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Runs `amlock watch --json --every-ms EVERY --for-s 6` on `config`'s family while `locks`
+/// holds `press` for `hold_for` (taken 2 s in, once the tool has made its first look with
+/// nothing held); the events it printed, and the grant's fence.
+async fn watched(
+    config: &LockConfig,
+    locks: &actix::Addr<actix_mongo_lock::LockManager>,
+    every_ms: &str,
+    hold_for: Duration,
+) -> (Vec<Value>, i64) {
+    let (config_for_tool, every_ms) = (config.clone(), every_ms.to_owned());
+    let watching = actix_rt::spawn(async move {
+        let args = ["watch", "--json", "--every-ms", &every_ms, "--for-s", "6"];
+        amlock(&config_for_tool, &args).await
+    });
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    let grant = locks.send(Lock::new("press")).await.unwrap().unwrap();
+    actix_rt::time::sleep(hold_for).await;
+    locks
+        .send(Unlock::new(grant.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let ran = watching.await.unwrap();
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let events = ran
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("one JSON event per line"))
+        .collect();
+    (events, grant.fence)
 }
 
 /// `list` and `status` show each hold with its fence and holder, and the managers waiting.
@@ -138,7 +169,7 @@ async fn revoke_ends_exactly_the_hold_with_that_fence() {
     let holder = manager(&config.clone().owner("stuck")).await;
     let losses = LossCollector::default();
     let grant = holder
-        .send(Lock::new("ledger").keep_alive(KeepAlive::notify(losses.clone().start().recipient())))
+        .send(Lock::new("ledger").keep_alive(losses.keep_alive()))
         .await
         .unwrap()
         .unwrap();
@@ -181,11 +212,7 @@ async fn revoke_ends_exactly_the_hold_with_that_fence() {
         retired.is_some_and(|hold| hold.revoked),
         "retired until its lease ends"
     );
-    let (_, lost) = eventually("the holder is told", ttl, || {
-        let losses = losses.losses();
-        async move { losses.first().cloned() }
-    })
-    .await;
+    let (_, lost) = losses.first_told("the holder is told", ttl).await;
     assert_eq!(lost.reason, LostReason::Revoked);
     assert_eq!(lost.revoked_because.as_deref(), Some("OPS-19"));
 }
@@ -196,41 +223,9 @@ async fn watch_prints_each_grant_and_release() {
     tool();
     let config = fast_config("amlock_watch");
     let locks = manager(&config).await;
-    let mut args = vec![
-        "--uri".to_owned(),
-        uri(),
-        "--family".to_owned(),
-        config.name.clone(),
-    ];
-    args.extend(
-        [
-            "--database",
-            &config.database,
-            "watch",
-            "--json",
-            "--every-ms",
-            "100",
-        ]
-        .map(str::to_owned),
-    );
-    args.extend(["--for-s".to_owned(), "6".to_owned()]);
-    let watching = actix_rt::spawn(async move { run(&args).await });
-    // Let the tool start and take its first look (nothing held) before the grant.
-    actix_rt::time::sleep(Duration::from_secs(2)).await;
-    let grant = locks.send(Lock::new("press")).await.unwrap().unwrap();
-    actix_rt::time::sleep(Duration::from_secs(1)).await;
-    locks
-        .send(Unlock::new(grant.lock_id))
-        .await
-        .unwrap()
-        .unwrap();
-
-    let ran = watching.await.unwrap();
-    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    let events: Vec<(String, i64)> = ran
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).expect("one JSON event per line"))
+    let (events, fence) = watched(&config, &locks, "100", Duration::from_secs(1)).await;
+    let events: Vec<(String, i64)> = events
+        .iter()
         .map(|event| {
             assert_eq!(event["hold"]["resource_id"], "press", "{event}");
             (
@@ -242,8 +237,8 @@ async fn watch_prints_each_grant_and_release() {
     assert_eq!(
         events,
         vec![
-            ("granted".to_owned(), grant.fence),
-            ("released".to_owned(), grant.fence)
+            ("granted".to_owned(), fence),
+            ("released".to_owned(), fence)
         ]
     );
 }
@@ -303,40 +298,9 @@ async fn watch_follows_the_change_stream_where_the_server_has_one() {
     let streams = hello.get_str("setName").is_ok();
     let config = fast_config("amlock_stream");
     let locks = manager(&config).await;
-    let mut args = vec![
-        "--uri".to_owned(),
-        uri(),
-        "--family".to_owned(),
-        config.name.clone(),
-    ];
-    args.extend(
-        [
-            "--database",
-            &config.database,
-            "watch",
-            "--json",
-            "--every-ms",
-            "60000",
-        ]
-        .map(str::to_owned),
-    );
-    args.extend(["--for-s".to_owned(), "6".to_owned()]);
-    let watching = actix_rt::spawn(async move { run(&args).await });
-    actix_rt::time::sleep(Duration::from_secs(2)).await;
-    let grant = locks.send(Lock::new("press")).await.unwrap().unwrap();
-    actix_rt::time::sleep(Duration::from_millis(500)).await;
-    locks
-        .send(Unlock::new(grant.lock_id))
-        .await
-        .unwrap()
-        .unwrap();
-
-    let ran = watching.await.unwrap();
-    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    let events: Vec<String> = ran
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).expect("one JSON event per line"))
+    let (events, _) = watched(&config, &locks, "60000", Duration::from_millis(500)).await;
+    let events: Vec<String> = events
+        .iter()
         .map(|event| event["event"].as_str().unwrap().to_owned())
         .collect();
     if streams {

@@ -9,7 +9,6 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use actix::prelude::*;
 use actix_mongo_lock::{
     Acquire, KeepAlive, ListHolds, LocalClock, Lock, LockError, LockGuard, LockManager, LostReason,
     Renew, Status, Unlock, UnlockOutcome,
@@ -111,9 +110,7 @@ async fn keep_alive_holds_a_lock_for_five_ttls_with_no_unlock() {
     let rival = manager(&config).await;
     let losses = LossCollector::default();
     let grant = holder
-        .send(
-            Lock::new("long-job").keep_alive(KeepAlive::notify(losses.clone().start().recipient())),
-        )
+        .send(Lock::new("long-job").keep_alive(losses.keep_alive()))
         .await
         .unwrap()
         .unwrap();
@@ -156,7 +153,7 @@ async fn a_cut_off_holder_is_told_of_the_loss_before_anyone_else_takes_the_lock(
     let history = History::new();
     let requested = SystemTime::now();
     let grant = holder
-        .send(Lock::new("line").keep_alive(KeepAlive::notify(losses.clone().start().recipient())))
+        .send(Lock::new("line").keep_alive(losses.keep_alive()))
         .await
         .unwrap()
         .unwrap();
@@ -216,7 +213,7 @@ async fn a_hold_taken_from_under_keep_alive_is_signalled_within_one_renewal_inte
     let holder = manager(&config).await;
     let losses = LossCollector::default();
     let grant = holder
-        .send(Lock::new("desk").keep_alive(KeepAlive::notify(losses.clone().start().recipient())))
+        .send(Lock::new("desk").keep_alive(losses.keep_alive()))
         .await
         .unwrap()
         .unwrap();
@@ -451,7 +448,7 @@ async fn a_kept_alive_hold_released_at_close_tells_its_holder_closing() {
     let config = fast_config("closing_told");
     let locks = manager(&config).await;
     let losses = LossCollector::default();
-    let keep_alive = || KeepAlive::notify(losses.clone().start().recipient());
+    let keep_alive = || losses.keep_alive();
     let held = locks
         .send(Lock::new("held").keep_alive(keep_alive()))
         .await

@@ -6,11 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use actix::Actor;
-use actix_mongo_lock::{Acquire, KeepAlive, Lock, Revoke, Unlock};
+use actix_mongo_lock::{Acquire, Lock, Revoke, Unlock};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::losses::LossCollector;
-use support::poll::eventually;
 use support::server::{fast_config, manager};
 
 /// One recorded metric: its name, its labels, its value.
@@ -173,7 +171,7 @@ async fn refusals_and_lost_leases_are_counted_by_reason() {
     let locks = manager(&config).await;
     let losses = LossCollector::default();
     let grant = locks
-        .send(Lock::new("ledger").keep_alive(KeepAlive::notify(losses.clone().start().recipient())))
+        .send(Lock::new("ledger").keep_alive(losses.keep_alive()))
         .await
         .unwrap()
         .unwrap();
@@ -185,11 +183,7 @@ async fn refusals_and_lost_leases_are_counted_by_reason() {
         .await
         .unwrap()
         .unwrap();
-    eventually("the holder is told", ttl, || {
-        let told = !losses.losses().is_empty();
-        async move { told.then_some(()) }
-    })
-    .await;
+    losses.first_told("the holder is told", ttl).await;
 
     let snapshot = taken(&snapshotter);
     let family = ("family", config.name.as_str());

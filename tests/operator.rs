@@ -6,10 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use actix::Actor;
 use actix_mongo_lock::{
-    Acquire, KeepAlive, ListHolds, Lock, LockError, LostReason, Renew, Revoke, RevokeOutcome,
-    Status, Unlock, UnlockOutcome,
+    Acquire, ListHolds, Lock, LockError, LostReason, Renew, Revoke, RevokeOutcome, Status, Unlock,
+    UnlockOutcome,
 };
 use mongodb::bson::{doc, DateTime};
 use support::losses::LossCollector;
@@ -27,7 +26,7 @@ async fn a_revocation_ends_the_hold_with_that_fence_and_tells_its_holder_why() {
     let operator = manager(&config.clone().owner("operator")).await;
     let losses = LossCollector::default();
     let grant = holder
-        .send(Lock::new("ledger").keep_alive(KeepAlive::notify(losses.clone().start().recipient())))
+        .send(Lock::new("ledger").keep_alive(losses.keep_alive()))
         .await
         .unwrap()
         .unwrap();
@@ -64,11 +63,7 @@ async fn a_revocation_ends_the_hold_with_that_fence_and_tells_its_holder_why() {
     ));
 
     let bound = ttl / 3 + config.request_timeout;
-    let (told_at, lost) = eventually("the holder is told", bound * 2, || {
-        let losses = losses.losses();
-        async move { losses.first().cloned() }
-    })
-    .await;
+    let (told_at, lost) = losses.first_told("the holder is told", bound * 2).await;
     assert_eq!(lost.reason, LostReason::Revoked);
     assert_eq!(
         lost.revoked_because.as_deref(),
@@ -192,10 +187,7 @@ async fn a_revocation_of_a_shared_hold_ends_that_reader_only() {
     let locks = manager(&config).await;
     let losses = LossCollector::default();
     let doomed = locks
-        .send(
-            Lock::shared("catalog")
-                .keep_alive(KeepAlive::notify(losses.clone().start().recipient())),
-        )
+        .send(Lock::shared("catalog").keep_alive(losses.keep_alive()))
         .await
         .unwrap()
         .unwrap();
@@ -223,11 +215,7 @@ async fn a_revocation_of_a_shared_hold_ends_that_reader_only() {
     );
     assert!(locks.send(Renew::new(kept.lock_id)).await.unwrap().is_ok());
 
-    let (_, lost) = eventually("the revoked reader is told", ttl, || {
-        let losses = losses.losses();
-        async move { losses.first().cloned() }
-    })
-    .await;
+    let (_, lost) = losses.first_told("the revoked reader is told", ttl).await;
     assert_eq!(lost.reason, LostReason::Revoked);
     assert_eq!(lost.fence, doomed.fence);
     assert!(matches!(

@@ -9,10 +9,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix::Actor;
 use actix_mongo_lock::{
-    Acquire, KeepAlive, ListHolds, Lock, LockError, LockGuard, LockManager, LostReason, Renew,
-    Status, Unlock, UnlockOutcome,
+    Acquire, ListHolds, Lock, LockError, LockGuard, LockManager, LostReason, Renew, Status, Unlock,
+    UnlockOutcome,
 };
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use support::failpoint::recorded_client;
@@ -687,7 +686,7 @@ async fn keep_alive_renews_a_shared_hold_and_tells_when_it_is_gone() {
     let locks = manager(&config).await;
     let other = manager(&config).await;
     let losses = LossCollector::default();
-    let keep_alive = KeepAlive::notify(losses.clone().start().recipient());
+    let keep_alive = losses.keep_alive();
     let grant = locks
         .send(Acquire::shared("doc").ttl(ttl).keep_alive(keep_alive))
         .await
