@@ -59,8 +59,6 @@ const NO_CHANGE_STREAMS: [i32; 4] = [40573, 40324, 115, 59];
 pub struct MongoStore {
     client: Client,
     collection: Collection<Document>,
-    /// The lock family's name, as metrics label it.
-    family: String,
     prefix: String,
     owner: String,
     host: String,
@@ -93,7 +91,6 @@ impl MongoStore {
         MongoStore {
             client,
             collection,
-            family: config.name.clone(),
             prefix: format!("{}-", config.name),
             owner: config.owner.clone(),
             host: config.host.clone(),
@@ -102,9 +99,9 @@ impl MongoStore {
         }
     }
 
-    /// The lock family's name.
+    /// The lock family's name (metrics label by it): the stored names' prefix without its `-`.
     pub(crate) fn family(&self) -> &str {
-        &self.family
+        self.prefix.strip_suffix('-').unwrap_or(&self.prefix)
     }
 
     /// The collection's name.
@@ -133,7 +130,7 @@ impl MongoStore {
         request: &'static str,
         work: impl std::future::Future<Output = Result<T, LockError>>,
     ) -> Result<T, LockError> {
-        crate::metrics::request(&self.family, request);
+        crate::metrics::request(self.family(), request);
         let limit = limit.min(self.request_timeout);
         match tokio::time::timeout(limit, work).await {
             Ok(answer) => answer,

@@ -126,8 +126,8 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
             Ok(Ok(None)) => {
                 // Unlocked while the renewal was on its way: not a loss.
                 if core.forget_hold(&grant.lock_id) {
-                    let revoked = core.revocation_of(&grant).await;
-                    tell_why(&core, &keep_alive.notify, &grant, revoked);
+                    let (reason, because) = core.why_gone(&grant).await;
+                    send_lost(&core, &keep_alive.notify, &grant, reason, because);
                 }
                 return;
             }
@@ -150,15 +150,16 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
 }
 
 impl Core {
-    /// Why the server found `grant`'s hold gone: the reason of an operator's revocation of it
-    /// (one read), or `None` for an expiry, a purge or a takeover, or if the read fails (the
-    /// hold is gone either way; the holder is told at once, not after retries).
-    async fn revocation_of(&self, grant: &LockGrant) -> Option<String> {
+    /// Why the server found `grant`'s hold gone: revoked by an operator, with the reason given
+    /// (one read), or else `Gone` (an expiry, a purge or a takeover, or a read that failed: the
+    /// hold is gone either way, and the holder is told at once, not after retries).
+    async fn why_gone(&self, grant: &LockGrant) -> (LostReason, Option<String>) {
         match self.store.revocation(&grant.resource_id, grant.fence).await {
-            Ok(reason) => reason,
+            Ok(Some(because)) => (LostReason::Revoked, Some(because)),
+            Ok(None) => (LostReason::Gone, None),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read whether the hold was revoked");
-                None
+                (LostReason::Gone, None)
             }
         }
     }
@@ -166,19 +167,6 @@ impl Core {
 
 fn tell(core: &Core, notify: &Option<Recipient<LeaseLost>>, grant: &LockGrant, reason: LostReason) {
     send_lost(core, notify, grant, reason, None);
-}
-
-/// Tells a hold the server found gone: revoked (with the operator's reason) or just gone.
-fn tell_why(
-    core: &Core,
-    notify: &Option<Recipient<LeaseLost>>,
-    grant: &LockGrant,
-    revoked: Option<String>,
-) {
-    match revoked {
-        Some(because) => send_lost(core, notify, grant, LostReason::Revoked, Some(because)),
-        None => send_lost(core, notify, grant, LostReason::Gone, None),
-    }
 }
 
 fn send_lost(

@@ -38,14 +38,14 @@ use crate::error::LockError;
 use crate::line::Lines;
 use crate::local::{LocalHolds, LocalWaiters};
 use crate::messages::{CloseReport, HoldStatus, ResourceId, RevokeOutcome};
-
-/// The longest reason a [`Revoke`](crate::Revoke) may give, in bytes.
-const MAX_REVOKE_REASON_LEN: usize = 512;
 use crate::purger::{Purged, Purger, StopPurger};
 use crate::server::{self, Verdict};
 use crate::store::MongoStore;
 
 use self::watch::ReleaseWatch;
+
+/// The longest reason a [`Revoke`](crate::Revoke) may give, in bytes.
+const MAX_REVOKE_REASON_LEN: usize = 512;
 
 /// The state every message's future shares.
 pub(crate) struct Core {
