@@ -13,7 +13,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use actix_mongo_lock::{
-    Acquire, Close, ListHolds, Lock, LockConfig, LockError, LockManager, Renew, Status, Unlock,
+    Acquire, Close, ListHolds, Lock, LockConfig, LockError, LockManager, Renew, Revoke, Status,
+    Unlock,
 };
 use mongodb::bson::doc;
 use support::poll::eventually;
@@ -370,4 +371,38 @@ async fn close_releases_what_it_can_and_reports_it_when_the_server_answers() {
     for r in ["a", "b"] {
         assert!(stored_hold(&config, r).await.is_none(), "{r} still held");
     }
+}
+
+/// A revocation with the server gone answers `Unavailable` within the request timeout (its read
+/// is not answered, so it writes nothing), and the hold is still the holder's, unrevoked, once
+/// the server is back.
+#[actix_rt::test]
+async fn a_revocation_answers_unavailable_within_the_request_timeout_and_revokes_nothing() {
+    let proxy = to_the_server().await;
+    let config = config("gone_revoke").ttl(Duration::from_secs(60));
+    let holder = manager(&config).await;
+    let grant = holder.send(Lock::new("ledger")).await.unwrap().unwrap();
+    let operator = manager_through(&proxy, &config).await;
+
+    proxy.black_hole();
+    let answer = within(
+        "Revoke with the server gone",
+        REQUEST_TIMEOUT,
+        operator.send(Revoke::new("ledger", grant.fence)),
+    )
+    .await
+    .unwrap();
+    let error = answer.expect_err("a revocation nobody answered");
+    assert!(matches!(error, LockError::Unavailable { .. }), "{error:?}");
+    proxy.restore();
+
+    let status = holder.send(Status::new("ledger")).await.unwrap().unwrap();
+    let status = status.expect("still held");
+    assert_eq!(status.fence, grant.fence);
+    assert!(!status.revoked, "{status:?}");
+    assert!(holder
+        .send(Renew::new(grant.lock_id))
+        .await
+        .unwrap()
+        .is_ok());
 }
