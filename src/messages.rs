@@ -4,6 +4,7 @@
 //! ids travel as plain strings and are checked by the manager, so bad input comes back as
 //! [`LockError::InvalidResourceId`] instead of being impossible to send.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -774,6 +775,12 @@ pub struct LineStatus {
     pub turn_until: Option<SystemTime>,
     /// The managers waiting after it, first first.
     pub waiting: Vec<String>,
+    /// Since when each of them, the turn's manager included, has had its place (server
+    /// clock): when it joined the line, kept while it waits, its turn included. A manager whose
+    /// turn lapsed and which joins again starts anew; one that joined before this was recorded
+    /// (an older version of the crate) has no entry.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "rfc3339::time_map"))]
+    pub since: BTreeMap<String, SystemTime>,
 }
 
 /// `t` as the `serde` output writes times: an RFC 3339 string in UTC with three digits of
@@ -797,6 +804,13 @@ mod rfc3339 {
 
     pub(super) fn time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(*t))
+    }
+
+    pub(super) fn time_map<S: serde::Serializer>(
+        times: &std::collections::BTreeMap<String, SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(times.iter().map(|(key, t)| (key, format(*t))))
     }
 
     pub(super) fn maybe_time<S: serde::Serializer>(

@@ -302,15 +302,19 @@ impl MongoStore {
                     None,
                 ),
             };
-            let update = doc! {
+            let mut update = doc! {
                 "$set": {
                     "exclusive": self.held(lock_id, granted_at, None, expires_at),
                     "shared": { "count": 0, "locks": [] },
                     "turn": next_turn,
                 },
                 "$inc": { "fence": 1_i64 },
-                "$pull": { "line": { "$in": leaving(manager, pass_to) } },
+                "$pullAll": { "line": leaving(manager, pass_to) },
             };
+            if !matches!(then, TurnAfter::Keep { .. }) {
+                // Its place ends with this grant (one it keeps the turn through goes on).
+                update.insert("$unset", doc! { since_path(manager): "" });
+            }
             let result = self
                 .collection
                 .find_one_and_update(filter, update)
@@ -348,7 +352,8 @@ impl MongoStore {
     /// the hold as they stand, or `None` if the resource has no document (then it is free). One
     /// `findOneAndUpdate` when it takes or renews the turn; two when it joins the line, or three
     /// the first time a resource has a line, since nx-27017 cannot `$addToSet` to a missing
-    /// array.
+    /// array. Taking a place records when (`since.<id>`, kept by `$min`
+    /// while the manager waits).
     pub(crate) async fn join_line(
         &self,
         resource: &ResourceId,
@@ -373,6 +378,10 @@ impl MongoStore {
                     return Ok(Some(line_view(&stored, now)?));
                 }
             }
+            // On nx-27017, while the resource has no line, the `$min` beside the `$pull` writes a
+            // literal top-level `"since.<id>"` (docs/compatibility.md, deviation 13); the grant's
+            // and the leave's `$unset` beside their pulls remove it alike, and `line_status`
+            // reads it.
             let took = self
                 .collection
                 .find_one_and_update(
@@ -380,6 +389,7 @@ impl MongoStore {
                     doc! {
                         "$set": { "turn": turn_written(turn) },
                         "$pull": { "line": manager },
+                        "$min": { since_path(manager): millis(now) },
                     },
                 )
                 .return_document(ReturnDocument::After)
@@ -421,7 +431,10 @@ impl MongoStore {
             .collection
             .find_one_and_update(
                 doc! { "resource": name, "line": { "$exists": true } },
-                doc! { "$addToSet": { "line": manager } },
+                doc! {
+                    "$addToSet": { "line": manager },
+                    "$min": { since_path(manager): millis(now) },
+                },
             )
             .return_document(ReturnDocument::After)
             .await
@@ -431,7 +444,10 @@ impl MongoStore {
                 .collection
                 .find_one_and_update(
                     doc! { "resource": name, "line": { "$exists": false } },
-                    doc! { "$set": { "line": [manager] } },
+                    doc! {
+                        "$set": { "line": [manager] },
+                        "$min": { since_path(manager): millis(now) },
+                    },
                 )
                 .return_document(ReturnDocument::After)
                 .await
@@ -504,9 +520,10 @@ impl MongoStore {
                     doc! { "resource": &name, "turn.manager": manager },
                     doc! {
                         "$set": { "turn": next_turn },
-                        "$pull": { "line": {
-                            "$in": leaving(manager, pass_to.map(|turn| turn.manager.as_str())),
-                        } },
+                        "$pullAll": {
+                            "line": leaving(manager, pass_to.map(|turn| turn.manager.as_str())),
+                        },
+                        "$unset": { since_path(manager): "" },
                     },
                 )
                 .await
@@ -515,7 +532,10 @@ impl MongoStore {
                 self.collection
                     .update_one(
                         doc! { "resource": &name },
-                        doc! { "$pull": { "line": manager } },
+                        doc! {
+                            "$pull": { "line": manager },
+                            "$unset": { since_path(manager): "" },
+                        },
                     )
                     .await
                     .db()?;
@@ -939,6 +959,21 @@ fn line_status(stored: &Document, now: SystemTime) -> Result<LineStatus, LockErr
     line.turn = turn.as_ref().map(|turn| turn.manager.clone());
     line.turn_until = turn.map(|turn| turn.until);
     line.waiting = view.line;
+    let since = stored.get_document("since").ok();
+    // The nested time, else the literal top-level name nx-27017 may have written instead.
+    line.since = line
+        .turn
+        .iter()
+        .chain(&line.waiting)
+        .filter_map(|manager| {
+            let key = since_key(manager);
+            let at = since
+                .and_then(|since| since.get(&key))
+                .or_else(|| stored.get(format!("since.{key}")))
+                .and_then(as_integer)?;
+            Some((manager.clone(), DateTime::from_millis(at).to_system_time()))
+        })
+        .collect();
     Ok(line)
 }
 
@@ -1059,7 +1094,12 @@ fn release_naming(wakes: &Successor, now: SystemTime) -> (Document, Document) {
         ),
         Successor::Nobody { first: None, .. } => (
             doc! { "$and": [nobodys_turn(now), { "line.0": { "$exists": false } }] },
-            doc! { "$set": { "exclusive": released(), "turn": nobodys_turn_written() } },
+            // Nobody has a place: the times of places are dropped too, with any a killed
+            // manager left behind.
+            doc! {
+                "$set": { "exclusive": released(), "turn": nobodys_turn_written() },
+                "$unset": { "since": "" },
+            },
         ),
     }
 }
@@ -1083,6 +1123,20 @@ fn nobodys_turn(now: SystemTime) -> Document {
         { "turn": { "$exists": false } },
         { "turn.until": { "$lt": millis(now) } },
     ] }
+}
+
+/// Where a document keeps when `manager` took its place in the line, in server-clock
+/// milliseconds as `turn.until` (nx-27017 turns a date given to `$min` into a string):
+/// `since.<id>`, the id
+/// being the last part of its name (`owner@host/id`), with any `.` or `$` (which a field name
+/// cannot hold) made `_`.
+fn since_path(manager: &str) -> String {
+    format!("since.{}", since_key(manager))
+}
+
+fn since_key(manager: &str) -> String {
+    let id = manager.rsplit('/').next().unwrap_or(manager);
+    id.replace(['.', '$'], "_")
 }
 
 /// The managers a write takes out of the line: `manager`, and `pass_to` if the turn goes to it.

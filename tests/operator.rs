@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_mongo_lock::{
     Acquire, ListHolds, Lock, LockError, LostReason, Renew, Revoke, RevokeOutcome, Status, Unlock,
@@ -307,6 +307,23 @@ async fn status_shows_the_managers_waiting_in_line() {
     assert!(places[0].starts_with("first-waiter@"), "{places:?}");
     assert!(places[1].starts_with("second-waiter@"), "{places:?}");
     assert_eq!(status.line.turn.is_some(), status.line.turn_until.is_some());
+    // Each place has the time it was taken, in the order of the line.
+    let since: Vec<SystemTime> = places
+        .iter()
+        .map(|place| {
+            *status
+                .line
+                .since
+                .get(*place)
+                .unwrap_or_else(|| panic!("no time for {place}: {:?}", status.line))
+        })
+        .collect();
+    assert!(since[0] <= since[1], "{:?}", status.line);
+    assert!(
+        since[0] >= grant.granted_at,
+        "{:?} vs {grant:?}",
+        status.line
+    );
     let listed = holder.send(ListHolds).await.unwrap().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].line, status.line);
@@ -326,6 +343,13 @@ async fn status_shows_the_managers_waiting_in_line() {
         json_places,
         places.iter().map(|p| p.as_str()).collect::<Vec<_>>()
     );
+    for (place, at) in places.iter().zip(&since) {
+        assert_eq!(
+            json["line"]["since"][place.as_str()],
+            actix_mongo_lock::rfc3339(*at),
+            "{json}"
+        );
+    }
 
     // Served in that order once the holder lets go.
     holder
@@ -340,7 +364,17 @@ async fn status_shows_the_managers_waiting_in_line() {
         .await
         .unwrap()
         .unwrap();
-    let (_second, second_wait) = waiting.remove(0);
+    let (second, second_wait) = waiting.remove(0);
     let second_grant = second_wait.await.unwrap().unwrap().unwrap();
     assert!(second_grant.fence > first_grant.fence);
+    second
+        .send(Unlock::new(second_grant.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    // With nobody waiting, the times of places are gone from the document too.
+    let stored = snapshot(&config).await;
+    assert_eq!(stored.len(), 1);
+    let left = stored[0].get_document("since").map(|since| since.len());
+    assert!(left.is_err() || left == Ok(0), "{:?}", stored[0]);
 }

@@ -288,7 +288,9 @@ fn grant_update_of(manager: &str, lock_id: &str, now: DateTime, ttl_ms: i64) -> 
             "turn": { "manager": "", "until": 0_i64, "next": "" },
         },
         "$inc": { "fence": 1_i64 },
-        "$pull": { "line": { "$in": [manager] } },
+        "$pullAll": { "line": [manager] },
+        // The granted manager's place, and the time it took it, end with the grant.
+        "$unset": { format!("since.{}", manager.rsplit('/').next().unwrap_or(manager)): "" },
     }
 }
 
@@ -363,10 +365,14 @@ fn release_naming_nobody_filter(resource: &str, lock_id: &str, now_ms: i64) -> D
 }
 
 fn release_naming_nobody_update() -> Document {
-    doc! { "$set": {
-        "exclusive": released(),
-        "turn": { "manager": "", "until": 0_i64, "next": "" },
-    } }
+    doc! {
+        "$set": {
+            "exclusive": released(),
+            "turn": { "manager": "", "until": 0_i64, "next": "" },
+        },
+        // Nobody has a place: the times of places go too.
+        "$unset": { "since": "" },
+    }
 }
 
 fn purge_filter(now: DateTime) -> Document {
@@ -1182,6 +1188,128 @@ async fn dotted_path_set_is_avoided_and_whole_sub_document_set_keeps_types() {
     assert_eq!(
         exclusive(&read).get("acquired"),
         Some(&Bson::Boolean(false))
+    );
+    f.cleanup().await;
+}
+
+/// `{$min: {"since.m": t}}` of a date stores a BSON date on MongoDB but a string on nx-27017 (as a
+/// dotted `$set` does), and `$min` of an integer keeps the smaller on both. The line's times of
+/// places (`since.<id>`) are therefore server-clock milliseconds, as `turn.until` is.
+#[tokio::test]
+async fn dotted_min_of_a_date_is_a_string_on_nx_and_of_milliseconds_keeps_the_smaller() {
+    let f = Fixture::bare().await;
+    let r = resource("dotted-min");
+    f.locks
+        .insert_one(doc! { "resource": &r })
+        .await
+        .expect("insert");
+    let t = plus_ms(whole_second(DateTime::now()), 456);
+    f.locks
+        .update_one(
+            doc! { "resource": &r },
+            doc! { "$min": { "since.date": t } },
+        )
+        .await
+        .expect("dotted $min of a date");
+    let stored = f.doc(&r).await;
+    let date = stored.get_document("since").expect("since").get("date");
+    match (expect(), date) {
+        (Expect::MongoDb, Some(Bson::DateTime(d))) if *d == t => {}
+        (Expect::Nx, Some(Bson::String(_))) => {}
+        (server, other) => panic!("{server:?}: a $min date ({t}) read back as {other:?}"),
+    }
+
+    let ms = t.timestamp_millis();
+    for (value, kept) in [(ms, ms), (ms + 5, ms), (ms - 3, ms - 3)] {
+        f.locks
+            .update_one(
+                doc! { "resource": &r },
+                doc! { "$min": { "since.ms": value } },
+            )
+            .await
+            .expect("dotted $min of milliseconds");
+        let stored = f.doc(&r).await;
+        let read = stored.get_document("since").expect("since").get("ms");
+        assert_eq!(read, Some(&Bson::Int64(kept)), "after $min {value}");
+    }
+    f.cleanup().await;
+}
+
+/// Beside a `$pull`, nx-27017 mishandles a dotted operator of the same update: with the array
+/// missing, `{$pull: {line: m}, $min: {"since.x": t}}` writes a literal top-level field named
+/// `"since.x"`, and `{$pull: {line: {$in: [m]}}, $unset: {"since.x": ""}}` leaves `since.x` in
+/// place. MongoDB applies both. The store's forms, right on both: `$pullAll` beside `$unset`,
+/// and `$pull` beside `$min` only where the line exists (`line: {$exists: true}`).
+#[tokio::test]
+async fn a_dotted_operator_beside_a_pull_is_mishandled_on_nx_so_the_store_avoids_those_forms() {
+    let f = Fixture::bare().await;
+    let (missing, with_in, all) = (
+        resource("pull-missing"),
+        resource("pull-in"),
+        resource("pull-all"),
+    );
+    f.locks
+        .insert_many([
+            doc! { "resource": &missing },
+            doc! { "resource": &with_in, "line": ["m", "n"], "since": { "x": 5_i64, "z": 3_i64 } },
+            doc! { "resource": &all, "line": ["m", "n"], "since": { "x": 5_i64, "z": 3_i64 } },
+        ])
+        .await
+        .expect("insert");
+    let update =
+        |r: &String, update: Document| f.locks.update_one(doc! { "resource": r.as_str() }, update);
+    update(
+        &missing,
+        doc! { "$pull": { "line": "m" }, "$min": { "since.x": 7_i64 } },
+    )
+    .await
+    .expect("$pull from a missing array beside $min");
+    update(
+        &with_in,
+        doc! { "$pull": { "line": { "$in": ["m"] } }, "$unset": { "since.x": "" } },
+    )
+    .await
+    .expect("$pull with $in beside $unset");
+    update(
+        &all,
+        doc! { "$pullAll": { "line": ["m"] }, "$unset": { "since.x": "" } },
+    )
+    .await
+    .expect("$pullAll beside $unset");
+
+    let missing_doc = f.doc(&missing).await;
+    let nested = missing_doc
+        .get_document("since")
+        .ok()
+        .and_then(|s| s.get("x").cloned());
+    let literal = missing_doc.get("since.x").cloned();
+    match (expect(), nested, literal) {
+        (Expect::MongoDb, Some(Bson::Int64(7)), None) => {}
+        (Expect::Nx, None, Some(Bson::Int32(7) | Bson::Int64(7))) => {}
+        (server, nested, literal) => panic!(
+            "{server:?}: $min beside a $pull from a missing array: since.x {nested:?}, \
+             literal {literal:?}: {missing_doc}"
+        ),
+    }
+    let kept = |stored: &Document| -> Vec<String> {
+        stored
+            .get_document("since")
+            .expect("since")
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let with_in_doc = f.doc(&with_in).await;
+    match (expect(), kept(&with_in_doc).as_slice()) {
+        (Expect::MongoDb, [z]) if z == "z" => {}
+        (Expect::Nx, [x, z]) if x == "x" && z == "z" => {}
+        (server, other) => panic!("{server:?}: $unset beside $pull with $in left {other:?}"),
+    }
+    let all_doc = f.doc(&all).await;
+    assert_eq!(kept(&all_doc), ["z"], "$pullAll beside $unset: {all_doc}");
+    assert_eq!(
+        all_doc.get_array("line").expect("line"),
+        &vec![Bson::from("n")]
     );
     f.cleanup().await;
 }

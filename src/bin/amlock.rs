@@ -329,14 +329,18 @@ fn holder(hold: &HoldStatus) -> String {
     )
 }
 
-/// The line, first first: the manager whose turn it is, then the others.
+/// The line, first first: the manager whose turn it is, then the others, each with the time
+/// it took its place where the line records it.
 fn waiting(hold: &HoldStatus) -> String {
-    let places: Vec<&str> = hold
+    let places: Vec<String> = hold
         .line
         .turn
         .iter()
         .chain(&hold.line.waiting)
-        .map(String::as_str)
+        .map(|manager| match hold.line.since.get(manager) {
+            Some(since) => format!("{manager} (since {})", rfc3339(*since)),
+            None => manager.clone(),
+        })
         .collect();
     if places.is_empty() {
         "-".to_owned()
