@@ -15,7 +15,8 @@
 //! - `Elected { term }` after the grant. No other candidate is told `Elected` while this
 //!   leadership's lease stands.
 //! - `Deposed { reason }` before anyone else can be elected: on [`Resign`] before the release is
-//!   sent; with [`DeposedReason::Closing`] as the manager's `Close` begins, before it releases;
+//!   sent; with [`DeposedReason::Closing`] as the manager stops granting (`StopGranting`, or
+//!   `Close`, which stops granting first), before it releases;
 //!   with [`DeposedReason::LeaseLost`] when keep-alive tells the loss, while the lease still
 //!   stands (`Unreachable`) or once the server answered that the hold is gone (`Gone`: it had
 //!   expired, a stall longer than the lease). A candidate killed with its process is told
@@ -84,7 +85,8 @@ pub enum DeposedReason {
     LeaseLost(LostReason),
     /// [`Resign`]: the release follows. The elector waits for [`Campaign`].
     Resigned,
-    /// The manager is closing: `Close` releases the office. The elector stops.
+    /// The manager stops granting (`StopGranting`) or closes: the office is released at once
+    /// (at `StopGranting` by keep-alive, at `Close` by `Close`). The elector stops.
     Closing,
 }
 
@@ -199,7 +201,7 @@ impl Elector {
         self.stand = Stand::Campaigning;
         let mut acquire = Acquire::new(self.office.as_str())
             .timeout(self.round)
-            .keep_alive(KeepAlive::notify(ctx.address().recipient()));
+            .keep_alive(KeepAlive::notify(ctx.address().recipient()).end_when_granting_stops());
         if let Some(ttl) = self.ttl {
             acquire = acquire.ttl(ttl);
         }

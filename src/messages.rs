@@ -538,19 +538,35 @@ pub struct CloseReport {
 #[derive(Debug, Clone, Default)]
 pub struct KeepAlive {
     pub(crate) notify: Option<Recipient<LeaseLost>>,
+    pub(crate) end_when_granting_stops: bool,
 }
 
 impl KeepAlive {
     /// Renew, and log a loss (no one is told).
     pub fn silent() -> Self {
-        KeepAlive { notify: None }
+        KeepAlive {
+            notify: None,
+            end_when_granting_stops: false,
+        }
     }
 
     /// Renew, and send [`LeaseLost`] to `recipient` if the hold is lost.
     pub fn notify(recipient: Recipient<LeaseLost>) -> Self {
         KeepAlive {
             notify: Some(recipient),
+            end_when_granting_stops: false,
         }
+    }
+
+    /// Also end the hold when its manager stops granting ([`StopGranting`]) instead of keeping
+    /// it until it is unlocked: the holder is told [`LostReason::Closing`], then the hold is
+    /// released (waking the next in line), within one `request_timeout`. For a hold that would
+    /// otherwise never end on its own during a shutdown, as a leadership: an
+    /// [`Elector`](crate::election::Elector) keeps its leadership so, so a shutting-down
+    /// instance hands its office on at `StopGranting`, not only at `Close`.
+    pub fn end_when_granting_stops(mut self) -> Self {
+        self.end_when_granting_stops = true;
+        self
     }
 }
 
@@ -590,7 +606,8 @@ pub enum LostReason {
     /// Renewals kept failing (the database is unreachable) and the lease is about to end.
     Unreachable,
     /// The manager is closing: [`Close`] releases the hold (or, with the database gone, its
-    /// lease ends it). Told as closing begins, before the release is sent.
+    /// lease ends it). Told as closing begins, before the release is sent; for a hold kept
+    /// alive with [`KeepAlive::end_when_granting_stops`], already at [`StopGranting`].
     Closing,
     /// An operator revoked the hold by its fence ([`Revoke`]); [`LeaseLost::revoked_because`]
     /// says why. Told at the first renewal after the revocation: within a third of the lease

@@ -20,7 +20,9 @@ use actix_mongo_lock::election::{
     current_leader, Campaign, CurrentTerm, Deposed, DeposedReason, Elected, Elector, LeaderChanged,
     Observer, Resign,
 };
-use actix_mongo_lock::{Close, LockConfig, LockError, LockManager, LostReason};
+use actix_mongo_lock::{
+    AwaitReleased, Close, LockConfig, LockError, LockManager, LostReason, StopGranting,
+};
 use support::leaders::LeaderLog;
 use support::poll::eventually;
 use support::proxy::FaultProxy;
@@ -230,6 +232,43 @@ async fn a_closing_manager_deposes_its_leader_before_the_successor_is_elected() 
     assert!(deposed_at <= elected_at);
     eprintln!("close -> next leader elected: {:?}", elected_at - closing);
     assert!(elected_at - closing < Duration::from_secs(3));
+    assert_one_leader_at_a_time(&log);
+    fleet[1].send(Close).await.unwrap();
+}
+
+/// `StopGranting` (a SIGTERM's first step) hands the office on at once: the leader is told
+/// `Deposed { Closing }`, its office is released, and the next candidate is elected long before
+/// the lease would have ended, while the stopping manager still answers.
+#[actix_rt::test]
+async fn a_manager_that_stops_granting_hands_its_office_on_before_closing() {
+    let config = fast_config("elect_stop").ttl(Duration::from_secs(20));
+    let fleet = managers(&config, &["a", "b"]).await;
+    let log = Log::default();
+    let _a = candidate(&fleet[0], "office", "a", &log);
+    let (_, term, _) = nth_elected(&log, 0, Duration::from_secs(5)).await;
+    let _b = candidate(&fleet[1], "office", "b", &log);
+
+    let stopping = Instant::now();
+    fleet[0].send(StopGranting).await.unwrap();
+    let (second, next_term, elected_at) = nth_elected(&log, 1, Duration::from_secs(5)).await;
+    let (reason, deposed_at) = deposed(&log, "a", term).expect("the leader was told");
+    assert_eq!(reason, DeposedReason::Closing);
+    assert_eq!(second, "b");
+    assert!(next_term > term);
+    assert!(deposed_at <= elected_at);
+    eprintln!(
+        "stop granting -> next leader elected: {:?}",
+        elected_at - stopping
+    );
+    // The lease is 20 s: the office was released, not left to expire.
+    assert!(elected_at - stopping < Duration::from_secs(5));
+    let released = fleet[0]
+        .send(AwaitReleased::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(released.still_held, 0, "{released:?}");
+    let report = fleet[0].send(Close).await.unwrap();
+    assert_eq!(report.released, 0, "nothing left for Close: {report:?}");
     assert_one_leader_at_a_time(&log);
     fleet[1].send(Close).await.unwrap();
 }

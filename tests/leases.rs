@@ -475,3 +475,49 @@ async fn a_kept_alive_hold_released_at_close_tells_its_holder_closing() {
     assert_eq!(lost.lock_id, held.lock_id);
     assert_eq!(lost.fence, held.fence);
 }
+
+/// A hold kept alive with `end_when_granting_stops` ends at `StopGranting`: its holder is told
+/// `LostReason::Closing`, then it is released, so another manager is granted the resource
+/// long before the lease would have ended; a hold kept alive without it stays held.
+#[actix_rt::test]
+async fn a_hold_kept_alive_until_granting_stops_is_released_at_stop_granting() {
+    let config = fast_config("end_at_stop").ttl(Duration::from_secs(30));
+    let locks = manager(&config).await;
+    let other = manager(&config).await;
+    let losses = LossCollector::default();
+    let ending = locks
+        .send(Lock::new("office").keep_alive(losses.keep_alive().end_when_granting_stops()))
+        .await
+        .unwrap()
+        .unwrap();
+    let staying = locks
+        .send(Lock::new("job").keep_alive(losses.keep_alive()))
+        .await
+        .unwrap()
+        .unwrap();
+
+    locks.send(actix_mongo_lock::StopGranting).await.unwrap();
+    let (_, lost) = losses
+        .first_told("told at StopGranting", Duration::from_secs(5))
+        .await;
+    assert_eq!(lost.reason, LostReason::Closing);
+    assert_eq!(lost.lock_id, ending.lock_id);
+    let taken = other
+        .send(Acquire::new("office").timeout(Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .expect("the office was released, not left to its 30 s lease");
+    assert!(taken.fence > ending.fence);
+    assert!(
+        other.send(Lock::new("job")).await.unwrap().is_err(),
+        "the other hold is still held"
+    );
+    assert_eq!(losses.losses().len(), 1, "{:?}", losses.losses());
+    locks
+        .send(Unlock::new(staying.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    locks.send(actix_mongo_lock::Close).await.unwrap();
+    other.send(actix_mongo_lock::Close).await.unwrap();
+}

@@ -104,6 +104,23 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
                 }
                 return;
             }
+            () = core.drain.granting_ended(), if keep_alive.end_when_granting_stops => {
+                // Told first, released after: nobody else is granted before the holder knows.
+                // (Close stops granting too, and releases every hold itself.)
+                if core.holds.get(&grant.lock_id).is_some() {
+                    tell(&core, &keep_alive.notify, &grant, LostReason::Closing);
+                    if core.drain.is_closing() {
+                        return;
+                    }
+                    let (released, lock_id) = (Rc::clone(&core), grant.lock_id.clone());
+                    core.in_background(async move {
+                        if let Err(e) = released.unlock(&lock_id).await {
+                            tracing::warn!(error = %e, "could not release a hold as granting stopped");
+                        }
+                    });
+                }
+                return;
+            }
         }
         let Some(hold) = core.holds.get(&grant.lock_id) else {
             return; // unlocked, or lost through a Renew message
