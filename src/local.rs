@@ -80,9 +80,14 @@ impl LocalHolds {
     }
 
     /// Records a renewed lease.
-    pub(crate) fn extend(&self, lock_id: &LockId, expires_at: SystemTime) {
+    /// A renewal of `lock_id` until `expires_at`, which saw the resource's line as `line`
+    /// (an exclusive hold's: its release names whom it wakes from that).
+    pub(crate) fn extend(&self, lock_id: &LockId, expires_at: SystemTime, line: Option<LineView>) {
         if let Some(hold) = self.by_lock.borrow_mut().get_mut(lock_id) {
             hold.expires_at = expires_at;
+            if let Some(line) = line {
+                hold.line = line;
+            }
         }
     }
 
@@ -472,7 +477,7 @@ mod tests {
         assert_eq!(holds.expired(now), vec![dead.lock_id.clone()]);
 
         let later = now + Duration::from_secs(20);
-        holds.extend(&live.lock_id, later);
+        holds.extend(&live.lock_id, later, None);
         assert_eq!(holds.live_lease(&resource("live"), now), Some(later));
 
         assert!(holds.remove(&live.lock_id).is_some());

@@ -673,14 +673,16 @@ impl MongoStore {
     /// else a read by lock id first, since `exclusive` is always written whole (and the write
     /// names its resource: the shard key of a collection sharded on `resource`). "Live" is a
     /// strict `$gt`, so an expired hold is never revived, and a purge (which needs `$lt`)
-    /// cannot clear a hold renewed before it.
-    pub async fn renew(
+    /// cannot clear a hold renewed before it. It also answers the resource's line as the
+    /// renewal found it: the holder's release then names whom it wakes from what it saw last,
+    /// not at its grant.
+    pub(crate) async fn renew(
         &self,
         lock_id: &LockId,
         known: Option<(&ResourceId, SystemTime)>,
         now: SystemTime,
         ttl: Duration,
-    ) -> Result<Option<LockGrant>, LockError> {
+    ) -> Result<Option<(LockGrant, LineView)>, LockError> {
         self.bounded_within(ttl, "renew", async {
             let (name, owner, host, created_at) = match known {
                 Some((resource, created_at)) => (
@@ -729,14 +731,15 @@ impl MongoStore {
             let Some(stored) = renewed else {
                 return Ok(None);
             };
-            Ok(Some(LockGrant {
+            let grant = LockGrant {
                 lock_id: lock_id.clone(),
                 resource_id: self.resource_of(&stored)?,
                 fence: read_fence(&stored)?,
                 granted_at: created_at,
                 expires_at,
                 shared: false,
-            }))
+            };
+            Ok(Some((grant, line_view(&stored, now)?)))
         })
         .await
     }

@@ -724,3 +724,65 @@ async fn assert_no_stream_is_tried() {
     assert!(acquire.await.unwrap().unwrap().is_ok());
     assert!(monitor.stream_attempts().is_empty());
 }
+
+/// A kept-alive hold's renewal also reads the line: a manager that took the turn after the grant
+/// is named by the holder's release in its one conditional write, with no read first (without
+/// what the renewal saw, the grant's empty line would be guessed, the write would match
+/// nothing, and the release would read the line and write again).
+#[actix_rt::test]
+async fn a_release_after_a_renewal_names_the_manager_that_lined_up_since_the_grant_in_one_write() {
+    let config = fast_config("renewal_sees_line").ttl(Duration::from_secs(3));
+    let (holder, monitor) = monitored_manager(&config, &unique_name("renewal-sees")).await;
+    let grant = holder
+        .send(Lock::new("baton").keep_alive(actix_mongo_lock::KeepAlive::silent()))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = manager(&config).await;
+    let waiting =
+        actix_rt::spawn(waiter.send(Acquire::new("baton").timeout(Duration::from_secs(15))));
+    support::poll::eventually(
+        "the waiter takes the turn",
+        Duration::from_secs(5),
+        || async {
+            stored(&config, "baton")
+                .await
+                .and_then(|stored| stored.get_document("turn").ok().cloned())
+                .filter(|turn| !turn.get_str("manager").unwrap_or_default().is_empty())
+        },
+    )
+    .await;
+    let lined_up = Instant::now();
+    // Renewals come every ttl / 3 = 1 s: wait for one after the waiter took the turn.
+    until(
+        "a renewal after the waiter lined up",
+        Duration::from_secs(5),
+        || monitor.count("findAndModify", lined_up) >= 1,
+    )
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+
+    let releasing = Instant::now();
+    holder
+        .send(Unlock::new(grant.lock_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let next = waiting
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the waiter is granted");
+    assert!(next.fence > grant.fence);
+    let sent = monitor.sent_since(releasing);
+    assert_eq!(
+        sent.iter().filter(|name| *name == "update").count(),
+        1,
+        "one conditional release: {sent:?}"
+    );
+    assert_eq!(
+        sent.iter().filter(|name| *name == "find").count(),
+        0,
+        "no read of the line first: {sent:?}"
+    );
+}

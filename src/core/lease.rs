@@ -15,6 +15,7 @@ use actix::Recipient;
 use tracing::Instrument;
 
 use crate::error::LockError;
+use crate::line::LineView;
 use crate::local::LocalHold;
 use crate::messages::{KeepAlive, LeaseLost, LockGrant, LockId, LostReason};
 
@@ -29,13 +30,13 @@ impl Core {
         let renewed = self.renew_in_store(lock_id, hold.as_ref(), ttl).await?;
         match renewed {
             // Answered after the renewed lease had ended (a stalled server): not live.
-            Some(grant) if grant.expires_at <= self.clock.now() => {
+            Some((grant, _)) if grant.expires_at <= self.clock.now() => {
                 self.forget_hold(lock_id);
                 tracing::debug!("renewal answered after its lease had ended");
                 Err(LockError::LockLost)
             }
-            Some(grant) => {
-                self.holds.extend(lock_id, grant.expires_at);
+            Some((grant, line)) => {
+                self.holds.extend(lock_id, grant.expires_at, line);
                 tracing::debug!("renewed");
                 Ok(grant)
             }
@@ -49,33 +50,42 @@ impl Core {
 
     /// One renewal of `lock_id` by `ttl` in the database: as the exclusive or shared hold
     /// `hold` granted here, or, for a lock id granted elsewhere, as an exclusive hold and then
-    /// as a shared one. `None`: not live.
+    /// as a shared one. `None`: not live. An exclusive renewal also answers the resource's line
+    /// as it found it, for the hold's release to name whom it wakes.
     async fn renew_in_store(
         &self,
         lock_id: &LockId,
         hold: Option<&LocalHold>,
         ttl: Duration,
-    ) -> Result<Option<LockGrant>, LockError> {
+    ) -> Result<Option<(LockGrant, Option<LineView>)>, LockError> {
         let now = self.clock.now();
+        let seen = |renewed: Option<(LockGrant, LineView)>| {
+            renewed.map(|(grant, line)| (grant, Some(line)))
+        };
+        let shared = |renewed: Option<LockGrant>| renewed.map(|grant| (grant, None));
         match hold {
-            Some(hold) if hold.shared => {
-                self.store
-                    .renew_shared(lock_id, Some(&hold.resource_id), now, ttl)
-                    .await
-            }
-            Some(hold) => {
-                self.store
-                    .renew(
-                        lock_id,
-                        Some((&hold.resource_id, hold.granted_at)),
-                        now,
-                        ttl,
-                    )
-                    .await
-            }
+            Some(hold) if hold.shared => self
+                .store
+                .renew_shared(lock_id, Some(&hold.resource_id), now, ttl)
+                .await
+                .map(shared),
+            Some(hold) => self
+                .store
+                .renew(
+                    lock_id,
+                    Some((&hold.resource_id, hold.granted_at)),
+                    now,
+                    ttl,
+                )
+                .await
+                .map(seen),
             None => match self.store.renew(lock_id, None, now, ttl).await? {
-                Some(grant) => Ok(Some(grant)),
-                None => self.store.renew_shared(lock_id, None, now, ttl).await,
+                Some(renewed) => Ok(seen(Some(renewed))),
+                None => self
+                    .store
+                    .renew_shared(lock_id, None, now, ttl)
+                    .await
+                    .map(shared),
             },
         }
     }
@@ -134,9 +144,9 @@ async fn renew_until_lost(core: Rc<Core>, grant: LockGrant, keep_alive: KeepAliv
         )
         .await;
         match renewal {
-            Ok(Ok(Some(renewed))) => {
+            Ok(Ok(Some((renewed, line)))) => {
                 expires_at = renewed.expires_at;
-                core.holds.extend(&grant.lock_id, expires_at);
+                core.holds.extend(&grant.lock_id, expires_at, line);
                 pause = interval;
                 tracing::trace!("lease renewed");
             }
