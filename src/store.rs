@@ -22,6 +22,8 @@
 //! setting dotted paths; see docs/compatibility.md for why that form is correct on MongoDB and on
 //! the embedded test server alike.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
@@ -65,6 +67,10 @@ pub struct MongoStore {
     request_timeout: Duration,
     /// The documents this store last wrote shared holds into (`shared`).
     seen: shared::SeenDocuments,
+    /// Whether the server finds a date inside an array's elements by equality (nx-27017 does
+    /// not: docs/compatibility.md, deviation 14); a shared write pins Go clients' lease ends
+    /// only where it does.
+    finds_dates_in_arrays: Arc<AtomicBool>,
 }
 
 /// The lock indexes, by key, and whether each is unique: three of square/mongo-lock's five.
@@ -96,7 +102,14 @@ impl MongoStore {
             host: config.host.clone(),
             request_timeout: config.request_timeout,
             seen: shared::SeenDocuments::default(),
+            finds_dates_in_arrays: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Takes in what the server is (its `buildInfo` answer), for the forms it gets wrong.
+    pub(crate) fn know_server(&self, build_info: &Document) {
+        let nx = build_info.get_str("process") == Ok("nx_27017");
+        self.finds_dates_in_arrays.store(!nx, Ordering::Relaxed);
     }
 
     /// The lock family's name (metrics label by it): the stored names' prefix without its `-`.

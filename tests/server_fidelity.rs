@@ -1314,6 +1314,46 @@ async fn a_dotted_operator_beside_a_pull_is_mishandled_on_nx_so_the_store_avoids
     f.cleanup().await;
 }
 
+/// `find {"shared.locks.expiresAt": t}` (a date inside an array's elements, by equality) finds
+/// the document on MongoDB; nx-27017's `find` finds nothing, though its `countDocuments`
+/// counts it. A date outside arrays is found on both. So the store pins a Go client's shared
+/// lease end in its shared writes' condition everywhere but on nx-27017 (deviation 14).
+#[tokio::test]
+async fn a_date_inside_an_array_is_found_by_equality_except_by_nx() {
+    let f = Fixture::bare().await;
+    let r = resource("array-date");
+    let t = plus_ms(whole_second(DateTime::now()), 305);
+    f.locks
+        .insert_one(doc! {
+            "resource": &r,
+            "top": t,
+            "shared": { "count": 1, "locks": [{ "lockId": "go", "expiresAt": t }] },
+        })
+        .await
+        .expect("insert");
+    let found =
+        |filter: Document| async { f.locks.find_one(filter).await.expect("find").is_some() };
+    assert!(
+        found(doc! { "resource": &r, "top": t }).await,
+        "a top-level date"
+    );
+    let in_array = found(doc! { "resource": &r, "shared.locks.expiresAt": t }).await;
+    let counted = f
+        .locks
+        .count_documents(doc! { "resource": &r, "shared.locks.expiresAt": t })
+        .await
+        .expect("count");
+    assert_eq!(counted, 1, "countDocuments finds it on both");
+    match expect() {
+        Expect::MongoDb => assert!(in_array, "MongoDB finds a date inside an array"),
+        Expect::Nx => assert!(
+            !in_array,
+            "nx-27017 found a date inside an array: deviation 14 is gone"
+        ),
+    }
+    f.cleanup().await;
+}
+
 /// Whether `find {"shared.locks.lockId": id}` finds a document.
 async fn finds_shared_lock_id(locks: &Collection<Document>, id: &str) -> bool {
     locks

@@ -67,7 +67,9 @@ impl Core {
     pub(crate) async fn open(client: Client, config: LockConfig) -> Result<Rc<Self>, LockError> {
         config.validate()?;
         let store = MongoStore::new(client, &config);
-        match server::judge(&store.build_info().await?) {
+        let build_info = store.build_info().await?;
+        store.know_server(&build_info);
+        match server::judge(&build_info) {
             Verdict::Trusted { server } => tracing::debug!(server, "server"),
             Verdict::Unmeasured { server, note } => tracing::warn!(server, note),
             Verdict::Unsafe { server, reason } if config.allow_unsafe_server => tracing::warn!(

@@ -14,6 +14,7 @@
 //! [`SHARED_ROUNDS`] times).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -531,7 +532,9 @@ impl MongoStore {
                     update,
                     answer,
                 } => {
-                    let filter = with_condition(as_seen(name, seen.as_ref()), condition);
+                    let pins_go_leases = self.finds_dates_in_arrays.load(Ordering::Relaxed);
+                    let filter =
+                        with_condition(as_seen(name, seen.as_ref(), pins_go_leases), condition);
                     let written = self
                         .collection
                         .find_one_and_update(filter, update)
@@ -692,10 +695,11 @@ fn with_condition(mut filter: Document, condition: Document) -> Document {
 
 /// The condition that `name`'s document is as `seen` shows it: its `shared.count`, `fence` and
 /// `rev` unchanged (each missing where it was missing), and every shared hold seen still there
-/// (by lock id: with the count unchanged, the same holds). For no document, that none exists
+/// (by lock id: with the count unchanged, the same holds), each Go client's with the lease end
+/// seen (by its `expiresAt`: some entry still ends then) when `pins_go_leases`. For no document, that none exists
 /// (an upsert inserts it; one that exists answers "changed"). `$and` of equalities, not `$all`,
 /// which SecantusDB answers wrongly on an array's field and nx-27017 not at all.
-fn as_seen(name: &str, seen: Option<&Document>) -> Document {
+fn as_seen(name: &str, seen: Option<&Document>, pins_go_leases: bool) -> Document {
     let Some(stored) = seen else {
         return doc! { "resource": name, "exclusive": { "$exists": false } };
     };
@@ -707,11 +711,26 @@ fn as_seen(name: &str, seen: Option<&Document>) -> Document {
         .get_document("shared")
         .ok()
         .and_then(|shared| shared.get("count"));
-    let mut holds: Vec<Bson> = shared_locks(stored)
+    let locks = shared_locks(stored);
+    let mut holds: Vec<Bson> = locks
         .iter()
         .filter_map(entry_lock_id)
         .map(|id| Bson::Document(doc! { "shared.locks.lockId": id }))
         .collect();
+    // A Go client's renewal rewrites its entry's `expiresAt` and nothing this condition names
+    // else: its entries (they have no `fence`) are pinned by their lease ends too, where the
+    // server can find a date in an array.
+    holds.extend(
+        locks
+            .iter()
+            .filter(|_| pins_go_leases)
+            .filter_map(Bson::as_document)
+            .filter(|entry| !entry.contains_key("fence"))
+            .map(|entry| {
+                let expires_at = entry.get("expiresAt").cloned().unwrap_or(Bson::Null);
+                Bson::Document(doc! { "shared.locks.expiresAt": expires_at })
+            }),
+    );
     // An empty `$and` is refused; the count stands for an empty array.
     holds.push(Bson::Document(doc! { "shared.count": same(shared_count) }));
     doc! {
