@@ -39,8 +39,16 @@ use crate::messages::ResourceId;
 /// this life and the other must act within it.
 pub(crate) const TURN_LIFE: Duration = Duration::from_secs(5);
 
+/// How long a turn given while the resource is held outlives the hold's lease: the time its
+/// holder has to take the resource once the lease ends (it looks just after the end, timed by
+/// the lease it read), and what a killed holder of the turn adds to a lease it waited for. One
+/// safety probe's worth, so readers and writers waiting behind a killed manager's turn are
+/// served within the killed holds' lease plus one safety probe. The same for every manager of a
+/// lock family.
+pub(crate) const TURN_GRACE: Duration = Duration::from_secs(1);
+
 /// How far ahead of now a turn renewed while the resource is held covers the hold: a turn given
-/// while a hold lasts lives until the hold's lease ends (plus [`TURN_LIFE`]), so its holder need
+/// while a hold lasts lives until the hold's lease ends (plus [`TURN_GRACE`]), so its holder need
 /// not renew it while it waits; this caps that for a hold with a very long lease or none
 /// (square/mongo-lock's), which the turn's holder then renews once per this.
 pub(crate) const TURN_AHEAD: Duration = Duration::from_secs(60);
@@ -162,15 +170,23 @@ impl LineView {
 }
 
 /// When a turn given or renewed at `now` lapses, for a resource held until `held_until`: the
-/// hold's end (capped at [`TURN_AHEAD`]) plus [`TURN_LIFE`], so the turn's holder need not renew
-/// it while it waits for the hold to end.
+/// hold's end (capped at [`TURN_AHEAD`]) plus [`TURN_GRACE`], so the turn's holder need not renew
+/// it while it waits for the hold to end; for a free resource, [`TURN_LIFE`] from now.
 pub(crate) fn turn_until(now: SystemTime, held_until: Option<SystemTime>) -> SystemTime {
     let ahead = held_until
         .and_then(|until| until.duration_since(now).ok())
         .unwrap_or_default()
         .min(TURN_AHEAD);
-    now + ahead + TURN_LIFE
+    if ahead.is_zero() {
+        now + TURN_LIFE
+    } else {
+        now + ahead + TURN_GRACE
+    }
 }
+
+/// How long before its turn lapses its holder renews it (or, looking, joins rather than reads):
+/// half the grace a turn has past the hold it waits for.
+const RENEW_BEFORE: Duration = Duration::from_millis(TURN_GRACE.as_millis() as u64 / 2);
 
 /// The turn `to` is given (or renews) by a write of `me` at `now`, on the line as `view` shows
 /// it: until [`turn_until`] the hold ends, naming as its `next` the first in line after both.
@@ -191,8 +207,8 @@ pub(crate) enum TurnAfter {
         to: Option<String>,
         next: Option<String>,
     },
-    /// The granted manager keeps the turn, for its own next waiter: until the lease ends, and
-    /// at least [`TURN_LIFE`]. A manager that has nobody left to use it hands it on
+    /// The granted manager keeps the turn, for its own next waiter: until the lease ends, plus
+    /// [`TURN_GRACE`]. A manager that has nobody left to use it hands it on
     /// ([`after_grant`]); a killed one blocks the line no longer than its lease.
     Keep { next: Option<String> },
 }
@@ -516,7 +532,7 @@ pub(crate) fn next_step(w: &Waiting<'_>) -> Step {
     if position == 0 {
         // The holder of the turn, the resource held: renew the turn if it would lapse before
         // the hold ends, else wake when the hold ends or the turn needs renewing.
-        let renew_at = turn.map(|turn| turn.until - TURN_LIFE / 2);
+        let renew_at = turn.map(|turn| turn.until - RENEW_BEFORE);
         let held_until = view.held_until.unwrap_or(now);
         if renew_at.is_some_and(|at| at <= now && at < held_until) {
             return Step::Look(Look::Renew);
@@ -587,7 +603,7 @@ fn look_kind(w: &Waiting<'_>) -> Look {
     };
     match view.live_turn(w.now) {
         Some(turn) if turn.manager == w.me => {
-            if until(w.now, turn.until) > TURN_LIFE / 2 {
+            if until(w.now, turn.until) > RENEW_BEFORE {
                 Look::Read
             } else {
                 Look::Join
@@ -927,7 +943,7 @@ mod tests {
     fn a_refusal_a_timer_and_a_nudge_lead_to_a_look_a_read_while_the_place_is_sure() {
         let behind = view(Some(30), turn("other", at(35)), &[ME]);
         let own_turn = view(Some(30), turn(ME, at(35)), &[]);
-        let lapsing_turn = view(Some(30), turn(ME, at(2)), &[]);
+        let lapsing_turn = view(Some(30), turn(ME, at(0) + Duration::from_millis(400)), &[]);
         let lapsed_turn = view(Some(30), turn("other", at(0)), &[ME]);
         let not_in_line = view(Some(30), turn("other", at(35)), &[]);
         for woken in [Woken::Refused, Woken::Timer, Woken::Nudged] {
@@ -1063,14 +1079,14 @@ mod tests {
     }
 
     #[test]
-    fn a_turn_that_would_lapse_before_the_hold_ends_is_renewed_when_half_its_life_is_left() {
+    fn a_turn_that_would_lapse_before_the_hold_ends_is_renewed_when_half_its_grace_is_left() {
         let young = view(Some(30), turn(ME, at(5)), &[]);
         assert_eq!(
             streaming(&young),
-            pause(2.5),
-            "wakes when half the life is left"
+            pause(4.5),
+            "wakes when half the grace is left"
         );
-        let due = view(Some(30), turn(ME, at(2)), &[]);
+        let due = view(Some(30), turn(ME, at(0) + Duration::from_millis(400)), &[]);
         assert_eq!(streaming(&due), Step::Look(Look::Renew));
         assert_eq!(probing(&due), Step::Look(Look::Renew));
         let covers = view(Some(2), turn(ME, at(6)), &[]);
@@ -1172,8 +1188,8 @@ mod tests {
             turn_until(at(0), Some(at(0) - Duration::from_secs(3))),
             at(5)
         );
-        assert_eq!(turn_until(at(0), Some(at(30))), at(35));
-        assert_eq!(turn_until(at(0), Some(at(3600))), at(65));
+        assert_eq!(turn_until(at(0), Some(at(30))), at(31));
+        assert_eq!(turn_until(at(0), Some(at(3600))), at(61));
     }
 
     #[test]
@@ -1286,7 +1302,7 @@ mod tests {
             AfterGrant {
                 leave: Some(Some(Turn {
                     manager: "b".to_owned(),
-                    until: at(35),
+                    until: at(31),
                     next: Some("c".to_owned())
                 })),
                 ..AfterGrant::default()
@@ -1304,7 +1320,7 @@ mod tests {
                 leave: None,
                 settle: Some(Turn {
                     manager: "b".to_owned(),
-                    until: at(35),
+                    until: at(31),
                     next: None
                 }),
                 line_up: true,
@@ -1361,7 +1377,7 @@ mod tests {
             after_wait(ME, Some(&own_turn), false, at(0)),
             Some(Some(Turn {
                 manager: "b".to_owned(),
-                until: at(35),
+                until: at(31),
                 next: None
             }))
         );

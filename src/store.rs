@@ -35,7 +35,7 @@ use mongodb::{Client, Collection, IndexModel};
 use crate::config::LockConfig;
 use crate::error::{server_code, DriverResult, LockError};
 use crate::line::{
-    successor, turn_until, LineEvent, LineView, Successor, Turn, TurnAfter, TURN_LIFE,
+    successor, turn_until, LineEvent, LineView, Successor, Turn, TurnAfter, TURN_GRACE, TURN_LIFE,
 };
 use crate::messages::{HoldStatus, LineStatus, LockGrant, LockId, ResourceId};
 
@@ -311,7 +311,7 @@ impl MongoStore {
                 ),
                 TurnAfter::Pass { to: None, .. } => (nobodys_turn_written(), None),
                 TurnAfter::Keep { next } => (
-                    turn(manager, expires_at.max(now + TURN_LIFE), next.as_deref()),
+                    turn(manager, expires_at + TURN_GRACE, next.as_deref()),
                     None,
                 ),
             };

@@ -566,7 +566,7 @@ async fn a_stream_that_keeps_failing_gives_way_to_probing_on_secantus() {
 async fn a_manager_waiting_with_a_long_acquire_period_keeps_its_turn_live_through_the_hold() {
     // Pauses of 5 s and more between probes (the fall-back's grow to 5-7 s), against a turn
     // taken for 5 s: the manager renews it in time, once, to last until the holder's lease
-    // ends (plus the turn's 5 s), and then needs to write nothing while it waits.
+    // ends (plus the turn's 1 s grace), and then needs to write nothing while it waits.
     let config = fast_config("turn_live")
         .ttl(Duration::from_secs(60))
         .acquire_retries(Duration::from_secs(5), 10);
