@@ -145,6 +145,18 @@ fn assert_one_leader_at_a_time(log: &Log) {
 }
 
 /// Managers of one lock family, named by owner, each on a client of its own.
+/// The second election, of "b", after "a" (leading in `term`) was told `Deposed { Closing }`
+/// first, with a higher term: how long after `from` "b" was elected.
+async fn b_elected_after_a_deposed_closing(log: &Log, term: i64, from: Instant) -> Duration {
+    let (second, next_term, elected_at) = nth_elected(log, 1, Duration::from_secs(5)).await;
+    let (reason, deposed_at) = deposed(log, "a", term).expect("the leader was told");
+    assert_eq!(reason, DeposedReason::Closing);
+    assert_eq!(second, "b");
+    assert!(next_term > term);
+    assert!(deposed_at <= elected_at);
+    elected_at - from
+}
+
 async fn managers(config: &LockConfig, owners: &[&str]) -> Vec<Addr<LockManager>> {
     let mut started = Vec::new();
     for owner in owners {
@@ -224,14 +236,9 @@ async fn a_closing_manager_deposes_its_leader_before_the_successor_is_elected() 
     let closing = Instant::now();
     let report = fleet[0].send(Close).await.unwrap();
     assert_eq!(report.released, 1, "Close released the office: {report:?}");
-    let (second, next_term, elected_at) = nth_elected(&log, 1, Duration::from_secs(5)).await;
-    let (reason, deposed_at) = deposed(&log, "a", term).expect("the leader was told");
-    assert_eq!(reason, DeposedReason::Closing);
-    assert_eq!(second, "b");
-    assert!(next_term > term);
-    assert!(deposed_at <= elected_at);
-    eprintln!("close -> next leader elected: {:?}", elected_at - closing);
-    assert!(elected_at - closing < Duration::from_secs(3));
+    let handed_on = b_elected_after_a_deposed_closing(&log, term, closing).await;
+    eprintln!("close -> next leader elected: {handed_on:?}");
+    assert!(handed_on < Duration::from_secs(3));
     assert_one_leader_at_a_time(&log);
     fleet[1].send(Close).await.unwrap();
 }
@@ -250,18 +257,10 @@ async fn a_manager_that_stops_granting_hands_its_office_on_before_closing() {
 
     let stopping = Instant::now();
     fleet[0].send(StopGranting).await.unwrap();
-    let (second, next_term, elected_at) = nth_elected(&log, 1, Duration::from_secs(5)).await;
-    let (reason, deposed_at) = deposed(&log, "a", term).expect("the leader was told");
-    assert_eq!(reason, DeposedReason::Closing);
-    assert_eq!(second, "b");
-    assert!(next_term > term);
-    assert!(deposed_at <= elected_at);
-    eprintln!(
-        "stop granting -> next leader elected: {:?}",
-        elected_at - stopping
-    );
+    let handed_on = b_elected_after_a_deposed_closing(&log, term, stopping).await;
+    eprintln!("stop granting -> next leader elected: {handed_on:?}");
     // The lease is 20 s: the office was released, not left to expire.
-    assert!(elected_at - stopping < Duration::from_secs(5));
+    assert!(handed_on < Duration::from_secs(5));
     let released = fleet[0]
         .send(AwaitReleased::within(Duration::from_secs(5)))
         .await
