@@ -47,8 +47,10 @@ const KILLS_AT: [Duration; 2] = [Duration::from_secs(8), Duration::from_secs(14)
 const SAFETY_PROBE: Duration = Duration::from_secs(1);
 /// How long a manager killed while the turn in the line is its own holds the line up after
 /// the leases live at its turn's last renewal end (docs/guide.md, "How waiting works across
-/// processes"): a killed process that had a writer waiting may have had the turn.
-const KILLED_TURN: Duration = Duration::from_secs(1);
+/// processes"): a killed process that had a writer waiting may have had the turn. A turn given
+/// while the resource is held outlives the lease by 1 s, but a release that names the killed
+/// manager (a surviving reader's) renews its turn for 5 s from then.
+const KILLED_TURN: Duration = Duration::from_secs(5);
 
 /// A running contender: its stdout as it comes (and what was read of it), its stderr read on
 /// a thread of its own.
@@ -257,8 +259,8 @@ fn eight_readers_and_two_writers_in_two_processes_keep_the_mode_rules_through_ki
             .sum();
 
         // Every kill landed on a hold, and its permits came back: a writer, who needs every
-        // permit back, was granted within the longest lease, the 1 s a killed manager's turn
-        // holds the line up past it, and one safety probe, from the kill.
+        // permit back, was granted within the longest lease, the 5 s a killed manager's turn
+        // holds the line up, and one safety probe, from the kill.
         let mut after_lease_ends = Vec::new();
         for (k, (killed, run)) in kills.iter().enumerate() {
             let unfinished = run.unfinished();
@@ -283,7 +285,8 @@ fn eight_readers_and_two_writers_in_two_processes_keep_the_mode_rules_through_ki
                 .min()
                 .expect("a writer was granted after the kill");
             // The killed manager may have had the turn, last renewed just before the kill to
-            // cover every lease then live (TTL at most) and its 1 s grace; then one safety probe.
+            // cover every lease then live (TTL at most), or by a release for 5 s; then one safety
+            // probe.
             let margin = Duration::from_secs(3);
             let bound = killed_ms + (TTL + KILLED_TURN + SAFETY_PROBE + margin).as_millis() as u64;
             let late = writer as i64 - lease_end as i64;
