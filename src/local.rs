@@ -79,7 +79,6 @@ impl LocalHolds {
         self.by_lock.borrow().get(lock_id).cloned()
     }
 
-    /// Records a renewed lease.
     /// A renewal of `lock_id` until `expires_at`, which saw the resource's line as `line`
     /// (an exclusive hold's: its release names whom it wakes from that).
     pub(crate) fn extend(&self, lock_id: &LockId, expires_at: SystemTime, line: Option<LineView>) {

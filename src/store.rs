@@ -365,8 +365,7 @@ impl MongoStore {
     /// the hold as they stand, or `None` if the resource has no document (then it is free). One
     /// `findOneAndUpdate` when it takes or renews the turn; two when it joins the line, or three
     /// the first time a resource has a line, since nx-27017 cannot `$addToSet` to a missing
-    /// array. Taking a place records when (`since.<id>`, kept by `$min`
-    /// while the manager waits).
+    /// array. Taking a place records when ([`place_taken`]).
     pub(crate) async fn join_line(
         &self,
         resource: &ResourceId,
@@ -402,7 +401,7 @@ impl MongoStore {
                     doc! {
                         "$set": { "turn": turn_written(turn) },
                         "$pull": { "line": manager },
-                        "$min": { since_path(manager): millis(now) },
+                        "$min": place_taken(manager, now),
                     },
                 )
                 .return_document(ReturnDocument::After)
@@ -446,7 +445,7 @@ impl MongoStore {
                 doc! { "resource": name, "line": { "$exists": true } },
                 doc! {
                     "$addToSet": { "line": manager },
-                    "$min": { since_path(manager): millis(now) },
+                    "$min": place_taken(manager, now),
                 },
             )
             .return_document(ReturnDocument::After)
@@ -459,7 +458,7 @@ impl MongoStore {
                     doc! { "resource": name, "line": { "$exists": false } },
                     doc! {
                         "$set": { "line": [manager] },
-                        "$min": { since_path(manager): millis(now) },
+                        "$min": place_taken(manager, now),
                     },
                 )
                 .return_document(ReturnDocument::After)
@@ -982,10 +981,9 @@ fn line_status(stored: &Document, now: SystemTime) -> Result<LineStatus, LockErr
         .iter()
         .chain(&line.waiting)
         .filter_map(|manager| {
-            let key = since_key(manager);
             let at = since
-                .and_then(|since| since.get(&key))
-                .or_else(|| stored.get(format!("since.{key}")))
+                .and_then(|since| since.get(since_key(manager)))
+                .or_else(|| stored.get(since_path(manager)))
                 .and_then(as_integer)?;
             Some((manager.clone(), DateTime::from_millis(at).to_system_time()))
         })
@@ -1141,13 +1139,18 @@ fn nobodys_turn(now: SystemTime) -> Document {
     ] }
 }
 
-/// Where a document keeps when `manager` took its place in the line, in server-clock
-/// milliseconds as `turn.until` (nx-27017 turns a date given to `$min` into a string):
-/// `since.<id>`, the id
-/// being the last part of its name (`owner@host/id`), with any `.` or `$` (which a field name
-/// cannot hold) made `_`.
+/// Where a document keeps when `manager` took its place in the line: `since.<id>`, the id being
+/// the last part of its name (`owner@host/id`), with any `.` or `$` (which a field name cannot
+/// hold) made `_`.
 fn since_path(manager: &str) -> String {
     format!("since.{}", since_key(manager))
+}
+
+/// The `$min` that records `manager` taking a place at `now` (kept while it waits), in
+/// server-clock milliseconds as `turn.until` (nx-27017 turns a date given to `$min` into a
+/// string).
+fn place_taken(manager: &str, now: SystemTime) -> Document {
+    doc! { since_path(manager): millis(now) }
 }
 
 fn since_key(manager: &str) -> String {

@@ -695,8 +695,9 @@ fn with_condition(mut filter: Document, condition: Document) -> Document {
 
 /// The condition that `name`'s document is as `seen` shows it: its `shared.count`, `fence` and
 /// `rev` unchanged (each missing where it was missing), and every shared hold seen still there
-/// (by lock id: with the count unchanged, the same holds), each Go client's with the lease end
-/// seen (by its `expiresAt`: some entry still ends then) when `pins_go_leases`. For no document, that none exists
+/// (by lock id: with the count unchanged, the same holds), and with `pins_go_leases` each Go
+/// client's with the lease end seen (by its `expiresAt`: some entry still ends then). For no
+/// document, that none exists
 /// (an upsert inserts it; one that exists answers "changed"). `$and` of equalities, not `$all`,
 /// which SecantusDB answers wrongly on an array's field and nx-27017 not at all.
 fn as_seen(name: &str, seen: Option<&Document>, pins_go_leases: bool) -> Document {
@@ -720,17 +721,18 @@ fn as_seen(name: &str, seen: Option<&Document>, pins_go_leases: bool) -> Documen
     // A Go client's renewal rewrites its entry's `expiresAt` and nothing this condition names
     // else: its entries (they have no `fence`) are pinned by their lease ends too, where the
     // server can find a date in an array.
-    holds.extend(
-        locks
-            .iter()
-            .filter(|_| pins_go_leases)
-            .filter_map(Bson::as_document)
-            .filter(|entry| !entry.contains_key("fence"))
-            .map(|entry| {
-                let expires_at = entry.get("expiresAt").cloned().unwrap_or(Bson::Null);
-                Bson::Document(doc! { "shared.locks.expiresAt": expires_at })
-            }),
-    );
+    if pins_go_leases {
+        holds.extend(
+            locks
+                .iter()
+                .filter_map(Bson::as_document)
+                .filter(|entry| !entry.contains_key("fence"))
+                .map(|entry| {
+                    let expires_at = entry.get("expiresAt").cloned().unwrap_or(Bson::Null);
+                    Bson::Document(doc! { "shared.locks.expiresAt": expires_at })
+                }),
+        );
+    }
     // An empty `$and` is refused; the count stands for an empty array.
     holds.push(Bson::Document(doc! { "shared.count": same(shared_count) }));
     doc! {
